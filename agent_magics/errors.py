@@ -1,0 +1,142 @@
+"""Errors raised by agent_magics (design.md section 6).
+
+Every message is meant to be shown to a person as one line that says what to do.
+Messages never contain API keys: anything that might carry provider text is passed
+through :func:`agent_magics.config.scrub_secrets` before it reaches an error.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "DEFAULT_RETRY_AFTER",
+    "AgentError",
+    "AgentNotStarted",
+    "BackendError",
+    "ConfigError",
+    "ContentError",
+    "PolicyError",
+    "QuotaExceeded",
+    "ToolError",
+    "quota_retry_after",
+]
+
+#: Seconds to wait after a quota error that does not say how long (the seed's default).
+DEFAULT_RETRY_AFTER = 2.0
+
+
+class AgentError(Exception):
+    """Base class of every error agent_magics raises on purpose."""
+
+
+class AgentNotStarted(AgentError):
+    """The handle is shut down, deleted or disconnected (or was never started)."""
+
+
+class QuotaExceeded(AgentError):
+    """The provider refused the call for quota / rate-limit reasons.
+
+    ``retry_after`` is the server's hint in seconds (or the 2.0 s default).
+    """
+
+    def __init__(self, message: str = "", retry_after: float | None = None):
+        self.retry_after = float(DEFAULT_RETRY_AFTER if retry_after is None else retry_after)
+        super().__init__(message or f"quota exceeded; retry in {self.retry_after:g}s")
+
+    def __reduce__(self):  # keep retry_after through pickling / copying
+        return (type(self), (str(self), self.retry_after))
+
+
+class BackendError(AgentError):
+    """The model backend failed for a reason other than quota.
+
+    ``raw_text`` holds the model's unparsed reply where there is one (e.g. structured output
+    that did not validate); ``status`` the HTTP status when known.
+    """
+
+    def __init__(self, message: str = "", *, raw_text: str | None = None,
+                 status: int | None = None, provider: str | None = None):
+        super().__init__(message)
+        self.raw_text = raw_text
+        self.status = status
+        self.provider = provider
+
+
+class PolicyError(AgentError):
+    """A policy set is invalid, or a tool that writes has no policy."""
+
+
+class ConfigError(AgentError):
+    """Bad configuration: unknown provider or model, missing key, bad option."""
+
+
+class ToolError(AgentError):
+    """A tool could not be called (bad arguments, unknown tool) or failed."""
+
+
+class ContentError(AgentError, ValueError):
+    """Content that cannot be sent: unsupported type or MIME type, or too large."""
+
+
+# -- recognising quota errors from any backend ------------------------------------------------
+
+_QUOTA_STATUSES = {429, 503, 529}
+# "status 429", "status_code=503", "HTTP/1.1 429", "Error code: 429", or a message that starts
+# with the code ("429 RESOURCE_EXHAUSTED ..."); not any number that happens to be 429.
+_STATUS_IN_TEXT = re.compile(
+    r"(?:^\s*|status(?:[ _]code)?[\s:=]*|\bHTTP[/ 0-9.]*\s|\berror code:?\s*)(\d{3})\b",
+    re.IGNORECASE)
+_RETRY_HINTS = (
+    # "Please try again in 1s", "try again in 20.5 seconds", "try again in 350ms"
+    re.compile(r"try again in\s+([0-9]*\.?[0-9]+)\s*(ms|milliseconds?|s|sec|secs|seconds?)\b",
+               re.IGNORECASE),
+    # Gemini RetryInfo: "retryDelay": "17s" / retryDelay: 17.5s
+    re.compile(r"retry_?delay['\"]?\s*[:=]\s*['\"]?([0-9]*\.?[0-9]+)\s*(ms|s)\b", re.IGNORECASE),
+    # "Retry-After: 3"
+    re.compile(r"retry-after['\"]?\s*[:=]\s*['\"]?([0-9]*\.?[0-9]+)()", re.IGNORECASE),
+)
+
+
+def _status_of(exc: BaseException) -> int | None:
+    for attr in ("status_code", "status", "code", "http_status"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int) and 100 <= value <= 599:
+            return value
+    response = getattr(exc, "response", None)
+    value = getattr(response, "status_code", None)
+    if isinstance(value, int):
+        return value
+    match = _STATUS_IN_TEXT.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _retry_hint(text: str) -> float | None:
+    for pattern in _RETRY_HINTS:
+        match = pattern.search(text)
+        if match:
+            value = float(match.group(1))
+            return value / 1000.0 if match.group(2).lower().startswith("m") else value
+    return None
+
+
+def quota_retry_after(exc: BaseException) -> float | None:
+    """If ``exc`` is a quota error, the seconds to wait before retrying; else ``None``.
+
+    Recognised: :class:`QuotaExceeded`, anything carrying HTTP 429/503 (and Anthropic's 529
+    "overloaded"), and any error whose text says ``RESOURCE_EXHAUSTED``. The wait is the
+    server's hint when the error carries one, else :data:`DEFAULT_RETRY_AFTER`.
+    """
+    if isinstance(exc, QuotaExceeded):
+        return exc.retry_after
+    if isinstance(exc, AgentError):
+        return None  # our own non-quota errors are final
+    text = str(exc)
+    status = _status_of(exc)
+    if status in _QUOTA_STATUSES or "RESOURCE_EXHAUSTED" in text:
+        hint = getattr(exc, "retry_after", None)
+        if isinstance(hint, (int, float)) and hint >= 0:
+            return float(hint)
+        hint = _retry_hint(text)
+        return DEFAULT_RETRY_AFTER if hint is None else hint
+    return None

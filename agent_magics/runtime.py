@@ -1,0 +1,366 @@
+"""The Runtime seam: how a handle talks to a model backend.
+
+Like httpx's transport, a Runtime takes and returns plain values (agent ids, content parts,
+stream events) and knows nothing of handles, retries, hooks, policies or notebooks; those live
+above it in :mod:`agent_magics.handle`. The method set mirrors the seed's Rust ``Runtime`` trait.
+
+``chat()`` returns an async iterator of events: :class:`~agent_magics.types.Text`,
+:class:`~agent_magics.types.Thought`, :class:`~agent_magics.types.ToolCall` chunks, optionally a
+``list`` of chunks that arrived together (a runtime may coalesce what is already available, which
+keeps per-chunk overhead off fast streams), and last a :class:`~agent_magics.types.Finish` on its
+own. Errors are raised from the iterator; quota errors as
+:class:`~agent_magics.errors.QuotaExceeded` where the runtime can tell.
+
+:class:`BaseRuntime` keeps the conversation bookkeeping every runtime needs (history, turns,
+usage, idle/wake-up signalling); a provider implements ``_stream()`` and optionally the
+``_create`` / ``_shutdown`` / ``_delete`` hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .config import AgentConfig
+from .errors import AgentNotStarted
+from .quota import QuotaRegistry
+from .types import Event, Finish, Step, Text, Thought, ToolCall, ToolResult, UsageMetadata, utcnow
+
+__all__ = ["BaseRuntime", "Conversation", "Runtime"]
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """What the :class:`~agent_magics.handle.Agent` needs from a backend."""
+
+    quota_registry: QuotaRegistry
+
+    async def create_agent(self, config: AgentConfig, *, agent_id: str | None = None,
+                           history: Sequence[Step] = ()) -> str: ...
+    def chat(self, agent_id: str, content: Sequence[Any]) -> AsyncIterator[Event | list]: ...
+    async def send(self, agent_id: str, content: Sequence[Any]) -> None: ...
+    async def cancel(self, agent_id: str) -> None: ...
+    async def wait_for_idle(self, agent_id: str) -> None: ...
+    async def signal_idle(self, agent_id: str) -> None: ...
+    async def wait_for_wakeup(self, agent_id: str, timeout: float | None = None) -> bool: ...
+    async def shutdown_agent(self, agent_id: str) -> None: ...
+    def try_shutdown_agent(self, agent_id: str) -> bool: ...
+    async def delete(self, agent_id: str) -> None: ...
+    async def disconnect(self, agent_id: str) -> None: ...
+    def history(self, agent_id: str) -> list[Step]: ...
+    def turn_count(self, agent_id: str) -> int: ...
+    def total_usage(self, agent_id: str) -> UsageMetadata: ...
+    def last_turn_usage(self, agent_id: str) -> UsageMetadata: ...
+    def last_response(self, agent_id: str) -> str | None: ...
+    def compaction_indices(self, agent_id: str) -> list[int]: ...
+    def is_idle(self, agent_id: str) -> bool: ...
+    def clear_history(self, agent_id: str) -> None: ...
+
+
+@dataclass
+class Conversation:
+    """A runtime's state for one agent id."""
+
+    agent_id: str
+    config: AgentConfig
+    steps: list[Step] = field(default_factory=list)
+    turns: int = 0
+    total_usage: UsageMetadata = field(default_factory=UsageMetadata)
+    last_turn_usage: UsageMetadata = field(default_factory=UsageMetadata)
+    last_response: str | None = None
+    compaction_indices: list[int] = field(default_factory=list)
+    busy: int = 0
+    cancel_requested: bool = False
+    closed: bool = False
+    state: Any = None  # provider-specific (an SDK session, a client...)
+    _idle: asyncio.Event | None = None
+    _wakeup: asyncio.Event | None = None
+
+    # Events are made lazily, on the loop that first needs them (the handles' loop).
+    @property
+    def idle_event(self) -> asyncio.Event:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+            if not self.busy:
+                self._idle.set()
+        return self._idle
+
+    @property
+    def wakeup_event(self) -> asyncio.Event:
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+        return self._wakeup
+
+
+def _is_tool_results(content: Sequence[Any]) -> bool:
+    return bool(content) and all(isinstance(c, ToolResult) for c in content)
+
+
+def content_text(content: Sequence[Any]) -> str:
+    """Plain text of user content or tool results (media parts described, not dumped)."""
+    out = []
+    for part in content:
+        if isinstance(part, str):
+            out.append(part)
+        elif isinstance(part, ToolResult) or (hasattr(part, "text") and isinstance(part.text, str)):
+            out.append(part.text)
+        elif hasattr(part, "describe"):
+            out.append(part.describe())
+        else:
+            out.append(str(part))
+    return "\n".join(out)
+
+
+class BaseRuntime:
+    """Conversation bookkeeping shared by all runtimes; subclasses implement ``_stream``."""
+
+    provider = "base"
+
+    def __init__(self, *, quota_registry: QuotaRegistry | None = None):
+        self.quota_registry = quota_registry if quota_registry is not None else QuotaRegistry()
+        self._conversations: dict[str, Conversation] = {}
+
+    # -- provider hooks ---------------------------------------------------------------------
+
+    def _stream(self, conv: Conversation, content: Sequence[Any]) -> AsyncIterator[Event | list]:
+        """Yield the events of one model call. ``conv.steps`` holds the history before it."""
+        raise NotImplementedError
+
+    async def _create(self, conv: Conversation) -> None:
+        """Set up provider state for a new agent (e.g. open a session)."""
+
+    async def _shutdown(self, conv: Conversation) -> None:
+        """Release provider state (close sessions, stop processes)."""
+
+    async def _delete(self, conv: Conversation) -> None:
+        """Delete the conversation on the provider's side, where it keeps one."""
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def create_agent(self, config: AgentConfig, *, agent_id: str | None = None,
+                           history: Sequence[Step] = ()) -> str:
+        agent_id = agent_id or uuid.uuid4().hex
+        conv = Conversation(agent_id, config, steps=list(history))
+        conv.turns = max((s.turn for s in conv.steps), default=0)
+        await self._create(conv)
+        self._conversations[agent_id] = conv
+        return agent_id
+
+    def _conv(self, agent_id: str) -> Conversation:
+        conv = self._conversations.get(agent_id)
+        if conv is None or conv.closed:
+            raise AgentNotStarted(f"agent {agent_id!r} is not running in this runtime")
+        return conv
+
+    async def shutdown_agent(self, agent_id: str) -> None:
+        conv = self._conversations.pop(agent_id, None)
+        if conv is None or conv.closed:
+            return
+        conv.closed = True
+        conv.cancel_requested = True
+        await self._shutdown(conv)
+
+    def try_shutdown_agent(self, agent_id: str) -> bool:
+        """Non-blocking, never raising shutdown (used when a handle is garbage collected)."""
+        try:
+            conv = self._conversations.pop(agent_id, None)
+            if conv is None:
+                return False
+            conv.closed = True
+            conv.cancel_requested = True
+            from .loop import background_loop
+
+            loop = background_loop()
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._quiet_shutdown(conv)))
+            return True
+        except Exception:
+            return False
+
+    async def _quiet_shutdown(self, conv: Conversation) -> None:
+        try:
+            await self._shutdown(conv)
+        except Exception:
+            pass
+
+    async def delete(self, agent_id: str) -> None:
+        conv = self._conversations.get(agent_id)
+        try:
+            if conv is not None:
+                await self._delete(conv)
+        finally:
+            await self.shutdown_agent(agent_id)
+
+    async def disconnect(self, agent_id: str) -> None:
+        await self.shutdown_agent(agent_id)
+
+    # -- chatting ---------------------------------------------------------------------------
+
+    def chat(self, agent_id: str, content: Sequence[Any]) -> AsyncIterator[Event | list]:
+        conv = self._conv(agent_id)
+        return self._record(conv, list(content))
+
+    async def send(self, agent_id: str, content: Sequence[Any]) -> None:
+        async for _ in self.chat(agent_id, content):
+            pass
+
+    async def _record(self, conv: Conversation, content: list[Any]) -> AsyncIterator[Event | list]:
+        """Run ``_stream`` and keep the history: nothing is committed for an attempt that failed
+        before producing anything (so a retry does not duplicate the user message); a reply cut
+        off by cancellation is kept, marked ``interrupted``."""
+        started = utcnow()
+        new_turn = not _is_tool_results(content)
+        produced: list[Any] = []
+        finish: Finish | None = None
+        status = "ok"
+        conv.busy += 1
+        conv.cancel_requested = False
+        if conv._idle is not None:
+            conv._idle.clear()
+        stream = self._stream(conv, content)
+        try:
+            async for event in stream:
+                if conv.cancel_requested:
+                    status = "cancelled"
+                    break
+                if isinstance(event, Finish):
+                    finish = event
+                    yield event
+                    continue
+                if isinstance(event, list):
+                    produced.extend(event)
+                else:
+                    produced.append(event)
+                yield event
+        except BaseException as exc:  # GeneratorExit / CancelledError / backend errors
+            status = "interrupted" if isinstance(exc, (GeneratorExit, asyncio.CancelledError)) \
+                else "error"
+            if produced:
+                self._commit(conv, content, produced, finish, new_turn, started, status)
+            raise
+        else:
+            self._commit(conv, content, produced, finish, new_turn, started, status)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            conv.busy -= 1
+            if not conv.busy:
+                if conv._idle is not None:
+                    conv._idle.set()
+                conv.wakeup_event.set()
+
+    def _commit(self, conv: Conversation, content: list[Any], produced: list[Any],
+                finish: Finish | None, new_turn: bool, started, status: str) -> None:
+        if new_turn:
+            conv.turns += 1
+            conv.last_turn_usage = UsageMetadata()
+        turn = conv.turns
+        if new_turn:
+            conv.steps.append(Step("user", "text", content_text(content), turn=turn,
+                                   data=content, started_at=started))
+        else:
+            for result in content:
+                conv.steps.append(Step("tool", "tool_result", result.text, turn=turn,
+                                       tool_name=result.name, tool_call_id=result.id,
+                                       data=result.result,
+                                       status="error" if result.is_error else "ok",
+                                       started_at=started))
+        finished = utcnow()
+        text: list[str] = []
+        thoughts: list[str] = []
+        for chunk in produced:
+            if isinstance(chunk, Text):
+                text.append(chunk.text)
+            elif isinstance(chunk, Thought):
+                thoughts.append(chunk.text)
+        if thoughts:
+            conv.steps.append(Step("assistant", "thought", "".join(thoughts), turn=turn,
+                                   status=status, started_at=started, finished_at=finished))
+        if text or not any(isinstance(c, ToolCall) for c in produced):
+            conv.steps.append(Step("assistant", "text", "".join(text), turn=turn,
+                                   status=status, started_at=started, finished_at=finished))
+            conv.last_response = "".join(text)
+        for chunk in produced:
+            if isinstance(chunk, ToolCall):
+                conv.steps.append(Step("assistant", "tool_call", chunk.text, turn=turn,
+                                       tool_name=chunk.name, tool_call_id=chunk.id,
+                                       data=chunk.args, status=status, started_at=started,
+                                       finished_at=finished))
+        if finish is not None and finish.usage is not None:
+            conv.total_usage = conv.total_usage + finish.usage
+            conv.last_turn_usage = conv.last_turn_usage + finish.usage
+
+    async def cancel(self, agent_id: str) -> None:
+        conv = self._conversations.get(agent_id)
+        if conv is not None and conv.busy:
+            conv.cancel_requested = True
+
+    # -- idle / wake-up ---------------------------------------------------------------------
+
+    async def wait_for_idle(self, agent_id: str) -> None:
+        conv = self._conversations.get(agent_id)
+        if conv is not None and conv.busy:
+            await conv.idle_event.wait()
+
+    async def signal_idle(self, agent_id: str) -> None:
+        conv = self._conversations.get(agent_id)
+        if conv is not None:
+            conv.idle_event.set()
+            conv.wakeup_event.set()
+
+    async def wait_for_wakeup(self, agent_id: str, timeout: float | None = None) -> bool:
+        """Wait for the next wake-up (a finished call or ``signal_idle``); False on timeout."""
+        conv = self._conv(agent_id)
+        event = conv.wakeup_event
+        try:
+            if timeout is None:
+                await event.wait()
+            else:
+                await asyncio.wait_for(event.wait(), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            return False
+        event.clear()
+        return True
+
+    # -- state ------------------------------------------------------------------------------
+
+    def history(self, agent_id: str) -> list[Step]:
+        conv = self._conversations.get(agent_id)
+        return list(conv.steps) if conv else []
+
+    def turn_count(self, agent_id: str) -> int:
+        conv = self._conversations.get(agent_id)
+        return conv.turns if conv else 0
+
+    def total_usage(self, agent_id: str) -> UsageMetadata:
+        conv = self._conversations.get(agent_id)
+        return conv.total_usage if conv else UsageMetadata()
+
+    def last_turn_usage(self, agent_id: str) -> UsageMetadata:
+        conv = self._conversations.get(agent_id)
+        return conv.last_turn_usage if conv else UsageMetadata()
+
+    def last_response(self, agent_id: str) -> str | None:
+        conv = self._conversations.get(agent_id)
+        return conv.last_response if conv else None
+
+    def compaction_indices(self, agent_id: str) -> list[int]:
+        conv = self._conversations.get(agent_id)
+        return list(conv.compaction_indices) if conv else []
+
+    def is_idle(self, agent_id: str) -> bool:
+        conv = self._conversations.get(agent_id)
+        return conv is None or not conv.busy
+
+    def clear_history(self, agent_id: str) -> None:
+        conv = self._conversations.get(agent_id)
+        if conv is not None:
+            conv.steps.clear()
+            conv.compaction_indices.clear()
+            conv.last_response = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self._conversations)} agent(s))"

@@ -1,0 +1,619 @@
+"""The Agent handle: the seed semantics of design.md section 4, each rule with its own test."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+
+import pytest
+
+from agent_magics import Agent, AgentConfig
+from agent_magics.errors import (
+    AgentNotStarted,
+    BackendError,
+    ConfigError,
+    PolicyError,
+    QuotaExceeded,
+)
+from agent_magics.policies import allow, ask_user, deny
+from agent_magics.runtimes.scripted import Reply, ScriptedRuntime
+from agent_magics.types import Text, Thought, ToolCall, ToolResult, UsageMetadata
+
+
+@pytest.fixture
+def runtime(registry):
+    return ScriptedRuntime(quota_registry=registry)
+
+
+@pytest.fixture
+def make(runtime):
+    def make(*replies, name="default", **config):
+        runtime.add(*replies)
+        return Agent(name=name, runtime=runtime, store=":memory:", **config)
+    return make
+
+
+class HTTPError(Exception):
+    """Looks like an SDK's HTTP error: a status code attribute and a message."""
+
+    def __init__(self, status_code: int, message: str = "error"):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+# -- 4.2 the retry loop ----------------------------------------------------------------------
+
+async def test_max_quota_retries_zero_makes_exactly_one_call(make, runtime):
+    agent = make(QuotaExceeded(retry_after=1.0), "never", max_quota_retries=0)
+    with pytest.raises(QuotaExceeded) as info:
+        await agent.chat_text("hi")
+    assert len(runtime.calls) == 1
+    assert info.value.retry_after == 1.0
+
+
+async def test_max_quota_retries_one_makes_two_calls(make, runtime):
+    agent = make(QuotaExceeded(retry_after=1.0), QuotaExceeded(retry_after=7.0), "never",
+                 max_quota_retries=1)
+    with pytest.raises(QuotaExceeded) as info:
+        await agent.chat_text("hi")
+    assert len(runtime.calls) == 2
+    assert info.value.retry_after == 7.0  # the last attempt's hint
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+async def test_max_quota_retries_n_succeeds_on_the_last_attempt(make, runtime, clock, n):
+    agent = make(*[QuotaExceeded(retry_after=0.5) for _ in range(n)], "finally",
+                 max_quota_retries=n)
+    assert await agent.chat_text("hi") == "finally"
+    assert len(runtime.calls) == n + 1
+    # backoff before each retry: max(0.5, 2 ** (k - 1)) for k = 1..n
+    assert clock.sleeps == [pytest.approx(min(2 ** k, 120)) for k in range(n)]
+    assert agent.quota.consecutive_hits == 0  # reset by the success
+
+
+@pytest.mark.parametrize("error", [
+    HTTPError(429, "Too Many Requests"),
+    HTTPError(503, "Service Unavailable"),
+    RuntimeError("RESOURCE_EXHAUSTED: quota metric exceeded"),
+    RuntimeError("HTTP request failed with status 429: {}"),
+], ids=["429", "503", "resource-exhausted", "429-in-message"])
+async def test_quota_errors_are_recognised_with_the_default_retry_after(make, runtime, clock,
+                                                                         error):
+    agent = make(error, "ok", max_quota_retries=1)
+    assert await agent.chat_text("hi") == "ok"
+    assert len(runtime.calls) == 2
+    assert clock.sleeps == [pytest.approx(2.0)]  # max(2.0 default, 2 ** 0)
+    usage = agent.usage_df()
+    assert list(usage["status"]) == ["quota", "ok"]
+    assert usage["retry_after_s"].iloc[0] == pytest.approx(2.0)
+
+
+async def test_server_retry_after_is_used(make, clock):
+    agent = make(RuntimeError("429 Please try again in 9s"), "ok")
+    assert await agent.chat_text("hi") == "ok"
+    assert clock.sleeps == [pytest.approx(9.0)]
+
+
+async def test_non_quota_errors_are_raised_at_once(make, runtime):
+    agent = make(ValueError("bad request"), "never", max_quota_retries=5)
+    with pytest.raises(ValueError, match="bad request"):
+        await agent.chat_text("hi")
+    assert len(runtime.calls) == 1
+    assert agent.quota.total_hits == 0
+
+
+async def test_first_attempt_waits_for_an_active_backoff(make, clock):
+    agent = make("ok")
+    agent.quota.record_quota_hit(6.0)
+    assert await agent.chat_text("hi") == "ok"
+    assert clock.sleeps == [pytest.approx(6.0)]
+    assert agent.usage_df()["waited_s"].iloc[0] == pytest.approx(6.0)
+
+
+async def test_chat_retries_errors_before_the_first_chunk(make, runtime):
+    agent = make(HTTPError(429), "streamed reply")
+    response = await agent.chat("hi")
+    assert await response.text() == "streamed reply"
+    assert response.attempts == 2
+
+
+async def test_chat_text_retries_a_mid_stream_quota_error_before_any_text(make, runtime):
+    agent = make(Reply("", thoughts=["thinking"], fail_after=(1, QuotaExceeded(retry_after=1))),
+                 "answer")
+    assert await agent.chat_text("hi") == "answer"
+    assert len(runtime.calls) == 2
+
+
+async def test_a_quota_error_after_text_is_not_retried(make, runtime):
+    agent = make(Reply("partial words here", fail_after=(2, QuotaExceeded(retry_after=1))), "x")
+    with pytest.raises(QuotaExceeded):
+        await agent.chat_text("hi")
+    assert len(runtime.calls) == 1
+
+
+async def test_chat_mid_stream_error_reaches_the_iterator(make):
+    agent = make(Reply("one two three", fail_after=(2, ValueError("cut"))))
+    response = await agent.chat("hi")
+    seen = []
+    with pytest.raises(ValueError, match="cut"):
+        async for delta in response:
+            seen.append(delta)
+    assert "".join(seen) == "one two"
+
+
+# -- 4.1 shared quota state ------------------------------------------------------------------
+
+async def test_quota_state_is_shared_by_handles_and_subagents_of_one_key(make, clock):
+    a = make(name="a", api_key="key-one")
+    b = make(name="b", api_key="key-one")
+    other = make(name="c", api_key="key-two")
+    sub = a.spawn_subagent("helper")
+    assert a.quota is b.quota is sub.quota
+    assert other.quota is not a.quota
+    a.quota.record_quota_hit(4.0)
+    assert await b.chat_text("hello") == "hello"
+    assert clock.sleeps == [pytest.approx(4.0)]  # b waited for a's backoff
+    clock.sleeps.clear()
+    a.quota.record_quota_hit(4.0)
+    assert await other.chat_text("hello") == "hello"
+    assert clock.sleeps == []  # another key is not affected
+
+
+async def test_success_resets_the_key_of_the_handle(make):
+    a = make(name="a", api_key="key-one")
+    b = make(name="b", api_key="key-two")
+    a.quota.record_quota_hit(0)
+    b.quota.record_quota_hit(0)
+    await a.chat_text("x")
+    await b.chat_text("y")
+    assert a.quota.consecutive_hits == 0
+    assert b.quota.consecutive_hits == 0  # not only the default key
+
+
+# -- 4.4 lifecycle ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["shutdown", "delete", "disconnect"])
+async def test_chat_after_stop_raises_agent_not_started(make, how):
+    agent = make()
+    await agent.chat_text("hi")
+    await getattr(agent, how)()
+    assert not agent.is_started
+    with pytest.raises(AgentNotStarted):
+        await agent.chat("again")
+    with pytest.raises(AgentNotStarted):
+        await agent.send("again")
+    with pytest.raises(AgentNotStarted):
+        await agent.chat_text("again")
+
+
+async def test_shutdown_is_idempotent(make, runtime):
+    agent = make()
+    await agent.start()
+    await agent.shutdown()
+    await agent.shutdown()
+    assert runtime.shut_down == [agent._agent_id]
+
+
+async def test_shutdown_of_a_never_started_handle(make, runtime):
+    agent = make()
+    await agent.shutdown()
+    assert runtime.created == []
+    with pytest.raises(AgentNotStarted):
+        await agent.chat("hi")
+
+
+class FailingRuntime(ScriptedRuntime):
+    async def _delete(self, conv):
+        raise ConnectionError("backend unreachable")
+
+    async def _shutdown(self, conv):
+        raise ConnectionError("backend unreachable")
+
+
+@pytest.mark.parametrize("how", ["delete", "disconnect"])
+async def test_delete_and_disconnect_mark_shut_down_even_when_the_runtime_fails(how, registry):
+    agent = Agent(runtime=FailingRuntime(quota_registry=registry), store=":memory:")
+    await agent.start()
+    with pytest.raises(ConnectionError):
+        await getattr(agent, how)()
+    assert not agent.is_started
+    with pytest.raises(AgentNotStarted):
+        await agent.chat("hi")
+
+
+async def test_async_context_manager(runtime):
+    async with Agent(runtime=runtime, store=":memory:") as agent:
+        assert agent.is_started
+        assert await agent.chat_text("ping") == "ping"
+    assert not agent.is_started
+    assert runtime.shut_down == runtime.created
+
+
+async def _until(predicate, timeout=5.0):
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+async def test_garbage_collected_handle_shuts_down_without_blocking_or_raising(runtime):
+    raised = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = raised.append
+    try:
+        agent = Agent(runtime=runtime, store=":memory:")
+        await agent.start()
+        agent_id = agent._agent_id
+        del agent
+        gc.collect()
+        assert await _until(lambda: agent_id in runtime.shut_down)
+    finally:
+        sys.unraisablehook = old_hook
+    assert raised == []
+
+
+async def test_garbage_collection_never_raises_even_if_the_runtime_does(runtime):
+    class Exploding(ScriptedRuntime):
+        def try_shutdown_agent(self, agent_id):
+            raise RuntimeError("boom")
+
+    raised = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = raised.append
+    try:
+        agent = Agent(runtime=Exploding(), store=":memory:")
+        await agent.start()
+        del agent
+        gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert raised == []
+
+
+# -- 4.5 policies validated before create ----------------------------------------------------
+
+@pytest.mark.parametrize("policies", [
+    ["allow"], [object()], [allow("")], [ask_user("tool", handler=42)], [deny("   ")],
+], ids=["string", "object", "empty-pattern", "bad-handler", "blank-pattern"])
+async def test_invalid_policies_fail_before_create_agent(make, runtime, policies):
+    agent = make(policies=policies)
+    with pytest.raises(PolicyError):
+        await agent.start()
+    assert runtime.created == []
+    assert runtime.calls == []
+    with pytest.raises(PolicyError):
+        await agent.chat("hi")
+    assert runtime.created == []
+
+
+# -- 4.6 hooks installed before create -------------------------------------------------------
+
+async def test_on_session_start_sees_the_created_session(make, runtime):
+    seen = {}
+
+    def on_start(ctx):
+        seen["conversation_id"] = ctx.conversation_id
+        seen["created"] = list(runtime.created)
+
+    agent = make(hooks={"on_session_start": on_start})
+    await agent.start()
+    assert seen["conversation_id"] == agent.conversation_id
+    assert seen["created"] == [agent._agent_id]
+
+
+# -- 4.7 sub-agents --------------------------------------------------------------------------
+
+async def test_subagents_share_runtime_quota_policies_and_asker_not_hooks(make, runtime):
+    def on_start(ctx):
+        started.append(ctx.agent_name)
+
+    started: list[str] = []
+    parent = make(policies=[deny("rm")], hooks={"on_session_start": on_start},
+                  subagents={"researcher": {"system_instructions": "Find sources."}})
+    parent.asker = lambda call: True
+    child = parent.spawn_subagent("researcher")
+    assert child.runtime is parent.runtime
+    assert child.quota is parent.quota
+    assert child.asker is parent.asker
+    assert child.config.policies == parent.config.policies
+    assert child.config.system_instructions == "Find sources."
+    assert child.config.hooks is None
+    await parent.start()
+    await child.start()
+    assert started == ["default"]  # the parent's hooks did not run for the child
+    explicit = parent.spawn_subagent("researcher", system_instructions="Mine.")
+    assert explicit.config.system_instructions == "Mine."
+
+
+async def test_subagent_turns_are_recorded_with_their_parent(make):
+    parent = make(name="boss")
+    child = parent.spawn_subagent("worker")
+    await parent.chat_text("plan")
+    await child.chat_text("work")
+    usage = parent.usage_df()
+    assert set(usage["agent"]) == {"boss", "worker"}
+    assert usage.set_index("agent").loc["worker", "parent"] == "boss"
+
+
+# -- 4.8 last_* and conversation_id ----------------------------------------------------------
+
+async def test_last_usage_and_last_structured_output(make):
+    usage = UsageMetadata.of(10, 5)
+    agent = make(Reply('{"city": "Paris"}', usage=usage),
+                 response_schema={"type": "object", "required": ["city"]})
+    response = await agent.chat("capital of France as JSON")
+    assert await response.structured_output() == {"city": "Paris"}
+    assert agent.last_structured_output == {"city": "Paris"}
+    assert agent.last_usage == usage
+    assert response.usage == usage
+
+
+async def test_structured_output_with_a_pydantic_model_and_one_repair(make, runtime):
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        population: int
+
+    agent = make("Paris, roughly two million people",
+                 '```json\n{"name": "Paris", "population": 2100000}\n```',
+                 response_schema=City)
+    city = await (await agent.chat("describe")).structured_output()
+    assert city == City(name="Paris", population=2100000)
+    assert len(runtime.calls) == 2
+    assert "schema" in runtime.calls[1].prompt
+
+
+async def test_structured_output_failing_twice_raises_backend_error_with_raw_text(make):
+    agent = make("not json", "still not json", response_schema={"type": "object"})
+    with pytest.raises(BackendError) as info:
+        await agent.chat_text("x")
+    assert info.value.raw_text == "still not json"
+
+
+async def test_conversation_id_get_set_resumes_from_the_store(runtime, tmp_path):
+    store = str(tmp_path / "h.sqlite3")
+    first = Agent(runtime=runtime, store=store, name="n")
+    await first.chat_text("my name is Ada")
+    conversation = first.conversation_id
+    assert isinstance(conversation, str) and conversation
+    await first.shutdown()
+
+    second = Agent(runtime=runtime, store=store, name="n")
+    second.conversation_id = conversation
+    assert second.conversation_id == conversation
+    await second.chat_text("what is my name?")
+    history = runtime.calls[-1].history
+    assert [s.text for s in history if s.role == "user"] == ["my name is Ada"]
+    assert second.turn_count == 2
+
+    # setting it on the stopped first handle resumes that conversation too
+    first.conversation_id = conversation
+    assert await first.chat_text("again") == "again"
+    assert [s.text for s in runtime.calls[-1].history if s.role == "user"][:1] == \
+        ["my name is Ada"]
+
+
+async def test_resume_classmethod_picks_the_latest_conversation(runtime, tmp_path):
+    store = str(tmp_path / "h.sqlite3")
+    agent = Agent(runtime=runtime, store=store, name="r")
+    await agent.chat_text("remember 42")
+    await agent.shutdown()
+    resumed = Agent.resume("r", store=store, runtime=runtime)
+    assert resumed.conversation_id == agent.conversation_id
+    await resumed.chat_text("what number?")
+    assert "remember 42" in [s.text for s in runtime.calls[-1].history]
+
+
+async def test_resume_unknown_agent_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no stored conversation"):
+        Agent.resume("ghost", store=str(tmp_path / "x.sqlite3"))
+
+
+# -- state, history, idle --------------------------------------------------------------------
+
+async def test_history_turns_and_usage(make):
+    agent = make(Reply("Hello there", usage=UsageMetadata.of(3, 2)),
+                 Reply("Bye", usage=UsageMetadata.of(6, 1)))
+    await agent.chat_text("hi")
+    await agent.chat_text("bye")
+    assert agent.turn_count == 2
+    assert [(s.role, s.text) for s in agent.history] == [
+        ("user", "hi"), ("assistant", "Hello there"), ("user", "bye"), ("assistant", "Bye")]
+    assert agent.total_usage == UsageMetadata.of(9, 3)
+    assert agent.last_turn_usage == UsageMetadata.of(6, 1)
+    assert agent.last_text == "Bye"
+    agent.clear_history()
+    assert agent.history == []
+
+
+async def test_send_then_wait_for_idle(make, runtime):
+    runtime.chunk_delay = 0.05
+    agent = make("slow reply")
+    await agent.send("go")
+    assert not agent.is_idle
+    await agent.wait_for_idle()
+    assert agent.is_idle
+    assert agent.last_text == "slow reply"
+
+
+async def test_wait_for_wakeup(make):
+    agent = make(Reply("done", delay=0.05))
+    await agent.start()
+    assert await agent.wait_for_wakeup(0.01) is False
+    await agent.send("go")
+    assert await agent.wait_for_wakeup(5.0) is True
+    await agent.signal_idle()
+    assert await agent.wait_for_wakeup(0.5) is True
+
+
+async def test_turns_on_a_busy_handle_queue(make, runtime):
+    agent = make(Reply("first", delay=0.05), "second")
+    r1 = await agent.chat("one") if False else None  # noqa: F841 (keep linear reading)
+    t1 = asyncio.ensure_future(agent.chat_text("one"))
+    t2 = asyncio.ensure_future(agent.chat_text("two"))
+    assert await t1 == "first"
+    assert await t2 == "second"
+    assert [c.prompt for c in runtime.calls] == ["one", "two"]
+    assert [s.turn for s in agent.history if s.role == "user"] == [1, 2]
+
+
+async def test_cancel_keeps_the_partial_reply_marked_interrupted(registry):
+    runtime = ScriptedRuntime(["a b c d e f g h i j k l m n o p", "next"],
+                              quota_registry=registry, chunk_delay=0.02)
+    agent = Agent(runtime=runtime, store=":memory:")
+    response = await agent.chat("long")
+    await asyncio.sleep(0.1)
+    await agent.cancel()
+    assert response.done and response.status == "cancelled"
+    partial = await response.text()
+    assert 0 < len(partial) < len("a b c d e f g h i j k l m n o p")
+    history = agent.history_df()
+    reply = history[(history.role == "assistant")].iloc[0]
+    assert reply.status == "interrupted"
+    assert reply.text == partial
+    assert agent.usage_df()["status"].tolist() == ["cancelled"]
+    assert await agent.chat_text("again") == "next"  # the handle stays usable
+
+
+async def test_response_cancel(registry):
+    runtime = ScriptedRuntime(["w " * 50], quota_registry=registry, chunk_delay=0.01)
+    agent = Agent(runtime=runtime, store=":memory:")
+    response = await agent.chat("go")
+    await response.cancel()
+    assert response.status == "cancelled"
+    assert agent.runtime.history(agent._agent_id)[-1].status == "interrupted"
+
+
+# -- tools -----------------------------------------------------------------------------------
+
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+async def test_scripted_tool_calls_run_and_feed_the_next_call(make, runtime):
+    agent = make(Reply("", tool_calls=[ToolCall("add", {"a": 2, "b": 3})]), "The sum is 5.",
+                 tools=[add])
+    response = await agent.chat("2+3?")
+    assert await response.text() == "The sum is 5."
+    calls = [c async for c in response.tool_calls]
+    results = [c async for c in response.tool_results]
+    assert calls[0].name == "add" and results[0].result == 5
+    assert isinstance(runtime.calls[1].content[0], ToolResult)
+    assert runtime.calls[1].content[0].result == 5
+    kinds = agent.history_df()[["kind", "tool_name"]].values.tolist()
+    assert ["tool_call", "add"] in kinds and ["tool_result", "add"] in kinds
+
+
+async def test_denied_tool_calls_are_not_run_and_the_model_is_told(make, runtime):
+    ran = []
+
+    def rm(path: str) -> str:
+        ran.append(path)
+        return "removed"
+
+    agent = make(Reply("", tool_calls=[ToolCall("rm", {"path": "/"})]), "ok, I won't",
+                 tools=[rm], policies=[deny("rm")])
+    assert await agent.chat_text("clean up") == "ok, I won't"
+    assert ran == []
+    result = runtime.calls[1].content[0]
+    assert result.is_error and "denied" in result.text
+    steps = agent.history_df()
+    assert steps[steps.kind == "tool_result"].status.tolist() == ["denied"]
+
+
+async def test_tool_errors_go_back_to_the_model(make, runtime):
+    def broken() -> str:
+        raise RuntimeError("disk on fire")
+
+    agent = make(Reply("", tool_calls=[ToolCall("broken", {})]), "sorry", tools=[broken])
+    assert await agent.chat_text("try") == "sorry"
+    assert "disk on fire" in runtime.calls[1].content[0].text
+
+
+# -- content and errors ----------------------------------------------------------------------
+
+async def test_unknown_provider_lists_the_known_ones():
+    with pytest.raises(ConfigError, match=r"known providers: .*scripted"):
+        Agent(model="nosuch:model")
+
+
+async def test_malformed_model_string():
+    with pytest.raises(ConfigError, match="provider:model"):
+        AgentConfig(model="gpt-4")
+
+
+async def test_api_key_never_reaches_errors_store_or_frames(runtime, tmp_path):
+    key = "sk-proj-" + "Z" * 40
+    runtime.add(RuntimeError(f"401 invalid key {key}"))
+    path = tmp_path / "keys.sqlite3"
+    agent = Agent(runtime=runtime, store=str(path), api_key=key, max_quota_retries=0)
+    with pytest.raises(RuntimeError) as info:
+        await agent.chat_text("hi")
+    assert key not in str(info.value)
+    assert key not in repr(agent) + repr(agent.config)
+    assert key not in agent.usage_df().to_csv() + agent.history_df().to_csv()
+    agent.store.close()
+    for file in tmp_path.iterdir():
+        assert key.encode() not in file.read_bytes(), file
+
+
+# -- ask() from everywhere -------------------------------------------------------------------
+
+def test_ask_from_a_plain_script(runtime):
+    agent = Agent(runtime=runtime, store=":memory:")
+    assert agent.ask("plain") == "plain"
+
+
+async def test_ask_inside_a_running_loop(runtime):
+    agent = Agent(runtime=runtime, store=":memory:")
+    assert agent.ask("nested") == "nested"  # blocks this loop's thread; work runs elsewhere
+
+
+def test_ask_inside_ipython(runtime):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        shell.user_ns["agent"] = Agent(runtime=runtime, store=":memory:")
+        result = shell.run_cell("reply = agent.ask('from ipython')\nreply")
+        assert result.success, result.error_in_exec
+        assert shell.user_ns["reply"] == "from ipython"
+        result = shell.run_cell("r2 = await agent.chat_text('top-level await')")
+        assert result.success, result.error_in_exec
+        assert shell.user_ns["r2"] == "top-level await"
+    finally:
+        InteractiveShell.clear_instance()
+
+
+def test_ask_from_a_thread(runtime):
+    import concurrent.futures
+
+    agent = Agent(runtime=runtime, store=":memory:")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(agent.ask, [f"t{i}" for i in range(8)]))
+    assert replies == [f"t{i}" for i in range(8)]
+    assert agent.turn_count == 8
+
+
+# -- ChatResponse cursors ------------------------------------------------------------------------
+
+async def test_independent_cursors_replay_from_the_start(registry):
+    runtime = ScriptedRuntime([Reply("one two three", thoughts=["hmm"])],
+                              quota_registry=registry, chunk_delay=0.005)
+    agent = Agent(runtime=runtime, store=":memory:")
+    response = await agent.chat("count")
+
+    async def collect(stream):
+        return [c async for c in stream]
+
+    a, b = await asyncio.gather(collect(response), collect(response.chunks))
+    assert "".join(a) == "one two three"
+    assert b[0] == Thought("hmm") and all(isinstance(c, Text) for c in b[1:])
+    assert await collect(response) == a  # after completion: replays
+    assert await collect(response.thoughts) == [Thought("hmm")]
+    assert await response.text() == "one two three"
+    assert response.stop_reason == "stop"

@@ -1,0 +1,146 @@
+"""QuotaState / QuotaRegistry rules (design.md 4.1 and 4.3), with injected time."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent_magics.config import key_fingerprint
+from agent_magics.quota import QuotaRegistry, QuotaState
+
+
+def make_state(clock, jitter=lambda base: 0.0) -> QuotaState:
+    return QuotaState("k", clock=clock, sleep=clock.sleep, jitter=jitter)
+
+
+@pytest.mark.parametrize(("hits", "retry_after", "expected"), [
+    (1, 0.0, 1.0),      # 2 ** 0
+    (2, 0.0, 2.0),
+    (3, 0.0, 4.0),
+    (4, 0.5, 8.0),
+    (8, 0.0, 120.0),    # 2 ** 7 = 128 capped at 120
+    (20, 0.0, 120.0),
+    (1, 30.0, 30.0),    # the server's hint wins when larger
+    (3, 3.0, 4.0),
+])
+def test_backoff_formula(clock, hits, retry_after, expected):
+    state = make_state(clock)
+    delay = None
+    for _ in range(hits):
+        delay = state.record_quota_hit(retry_after)
+    assert delay == pytest.approx(expected)
+    assert state.backoff_remaining() == pytest.approx(expected)
+    assert state.consecutive_hits == hits
+    assert state.total_hits == hits
+
+
+def test_jitter_is_added_but_bounded(clock):
+    state = make_state(clock, jitter=lambda base: 99.0)  # a misbehaving jitter source
+    delay = state.record_quota_hit(2.0)
+    assert 2.0 < delay <= 3.0  # at most 1 s of jitter, whatever the source says
+
+
+def test_default_jitter_is_small(clock):
+    state = QuotaState("k", clock=clock, sleep=clock.sleep)
+    delays = [QuotaState("k", clock=clock, sleep=clock.sleep).record_quota_hit(10.0)
+              for _ in range(50)]
+    assert all(10.0 <= d <= 11.0 for d in delays)
+    assert state.backoff_remaining() == 0
+
+
+async def test_wait_for_quota_sleeps_out_the_backoff(clock):
+    state = make_state(clock)
+    assert await state.wait_for_quota() == 0.0  # no backoff, no sleep
+    assert clock.sleeps == []
+    state.record_quota_hit(5.0)
+    waited = await state.wait_for_quota()
+    assert waited == pytest.approx(5.0)
+    assert clock.sleeps == [pytest.approx(5.0)]
+    assert state.snapshot()["total_wait_s"] == pytest.approx(5.0)
+    assert state.snapshot()["status"] == "ok"
+
+
+async def test_a_hit_while_waiting_extends_the_wait(clock):
+    state = make_state(clock)
+    state.record_quota_hit(2.0)
+    real_sleep = clock.sleep
+    extended = []
+
+    async def sleep(seconds):
+        await real_sleep(seconds)
+        if not extended:
+            extended.append(True)
+            state.record_quota_hit(3.0)  # another handle on the key hit the limit meanwhile
+
+    state._sleep = sleep
+    waited = await state.wait_for_quota()
+    assert waited == pytest.approx(2.0 + 3.0)
+
+
+def test_record_success_resets_consecutive_hits_only(clock):
+    state = make_state(clock)
+    state.record_quota_hit(0)
+    state.record_quota_hit(0)
+    state.record_success()
+    assert state.consecutive_hits == 0
+    assert state.total_hits == 2
+    assert state.record_quota_hit(0) == pytest.approx(1.0)  # sequence starts again
+
+
+def test_snapshot_and_observers(clock):
+    state = make_state(clock)
+    seen = []
+    unsubscribe = state.subscribe(seen.append)
+    state.record_quota_hit(4.0)
+    assert seen[-1]["status"] == "backing_off"
+    assert seen[-1]["backoff_remaining_s"] == pytest.approx(4.0)
+    assert seen[-1]["consecutive_hits"] == 1
+    assert set(seen[-1]) >= {"key_id", "status", "backoff_remaining_s", "consecutive_hits",
+                             "total_hits", "total_wait_s"}
+    clock.now += 4.0
+    assert state.snapshot()["status"] == "ok"
+    unsubscribe()
+    count = len(seen)
+    state.record_quota_hit(1.0)
+    assert len(seen) == count
+
+
+def test_a_failing_observer_does_not_break_the_state(clock):
+    state = make_state(clock)
+
+    def broken(snapshot):
+        raise RuntimeError("widget gone")
+
+    state.subscribe(broken)
+    assert state.record_quota_hit(1.0) == pytest.approx(1.0)
+
+
+def test_registry_shares_per_key_and_isolates_keys(registry):
+    a1 = registry.state_for_key("key-a")
+    a2 = registry.state_for_key("key-a")
+    b = registry.state_for_key("key-b")
+    assert a1 is a2
+    assert a1 is not b
+    a1.record_quota_hit(3.0)
+    assert b.backoff_remaining() == 0
+    assert a2.backoff_remaining() == pytest.approx(3.0)
+
+
+def test_registry_keeps_only_fingerprints(registry):
+    secret = "sk-test-THIS-IS-A-SECRET-KEY-1234567890"
+    state = registry.state_for_key(secret)
+    assert state.key_id == key_fingerprint(secret) == key_fingerprint(secret)[:12]
+    assert len(state.key_id) == 12
+    dumped = repr(registry) + repr(state) + repr(registry.snapshot()) + repr(vars(registry))
+    assert secret not in dumped
+    assert secret in registry  # lookups by the key still work
+
+
+def test_registry_record_success_all(registry):
+    for key in ("a", "b", ""):
+        registry.state_for_key(key).record_quota_hit(0)
+    registry.record_success_all()
+    assert all(s.consecutive_hits == 0 for s in registry.states())
+
+
+def test_default_registry_is_a_singleton():
+    assert QuotaRegistry.default() is QuotaRegistry.default()
