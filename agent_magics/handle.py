@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .config import AgentConfig, scrub_secrets
@@ -26,7 +25,7 @@ from .errors import (
 )
 from .loop import run_async, run_sync
 from .response import ChatResponse
-from .types import Finish, Step, Text, Thought, ToolCall, ToolResult, UsageMetadata, utcnow
+from .types import Batch, Finish, Step, Text, Thought, ToolCall, ToolResult, UsageMetadata, utcnow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,7 +82,7 @@ class _Attempt:
         self.t0 = time.perf_counter()
         self.ttft: float | None = None
         self.published = 0
-        self.text_chunks = 0
+        self.text_chunks = 0  # 0 until the attempt has streamed any text
         self.finish: Finish | None = None
 
 
@@ -475,7 +474,8 @@ class Agent:
                 structured = await self._structure(response, turn, reply, schema)
                 reply.close("ok")
                 response._finish(status="ok", usage=usage, structured=structured)
-                await self._emit("post_turn", turn=turn, result=response.partial_text())
+                if self._hooks.has("post_turn"):
+                    await self._emit("post_turn", turn=turn, result=response.partial_text())
             except asyncio.CancelledError:
                 status = self._cancel_reason or "interrupted"
                 reply.close("interrupted")
@@ -523,7 +523,7 @@ class Agent:
             waited = await self.quota.wait_for_quota()
             response.attempts += 1
             a = _Attempt(waited)
-            start_len = len(response._items)
+            mark = response._mark()
             try:
                 calls = await self._stream_once(content, response, a, reply)
             except asyncio.CancelledError:
@@ -539,7 +539,7 @@ class Agent:
                     raise
                 self._record_call(turn, attempt, a, "quota", error=exc, retry_after=retry_after)
                 if private:
-                    response._truncate(start_len)  # nobody saw the aborted attempt's chunks
+                    response._truncate(mark)  # nobody saw the aborted attempt's chunks
                     reply.rollback()
                 if attempt == max_retries:
                     raise QuotaExceeded(
@@ -559,28 +559,56 @@ class Agent:
 
     async def _stream_once(self, content: list[Any], response: ChatResponse, a: _Attempt,
                            reply: _ReplyRecorder) -> list[ToolCall]:
+        # The hot path of every reply. Single Text chunks (as SDK streams deliver them) go
+        # straight into the response's and the recorder's lists through bound appends; batches
+        # come with their texts precomputed, and get a second pass only when they hold more
+        # than text. The recorder saves on the first text and then about once a second.
         calls: list[ToolCall] = []
-        async for event in self._runtime.chat(self._agent_id, content):
-            if type(event) is list:
-                batch = event
-            elif isinstance(event, Finish):
-                a.finish = event
-                continue
-            else:
-                batch = [event]
-            if not batch:
-                continue
-            if a.ttft is None:
-                a.ttft = time.perf_counter() - a.t0
-            for chunk in batch:
-                kind = type(chunk)
+        push_text, push_item = response._texts.append, response._items.append
+        keep_text = reply._parts.append
+        n_text = 0
+        try:
+            async for event in self._runtime.chat(self._agent_id, content):
+                kind = type(event)
                 if kind is Text:
-                    a.text_chunks += 1
-                elif kind is ToolCall:
-                    calls.append(chunk)
-            a.published += len(batch)
-            response._extend(batch)
-            reply.on_chunks(batch)
+                    text = event.text
+                    push_text(text)
+                    push_item(event)
+                    keep_text(text)
+                    if response._waiters:
+                        response._wake()
+                    n_text += 1
+                    if n_text == 1 or not n_text % 256:
+                        if a.ttft is None:
+                            a.ttft = time.perf_counter() - a.t0
+                        reply.maybe_save()
+                    continue
+                if kind is Finish:
+                    a.finish = event
+                    continue
+                if kind is Batch:
+                    batch, texts = event, event.texts
+                elif kind is list:
+                    batch = Batch(event)
+                    texts = batch.texts
+                else:
+                    batch, texts = [event], []
+                if not batch:
+                    continue
+                if a.ttft is None:
+                    a.ttft = time.perf_counter() - a.t0
+                thoughts: list[str] = []
+                if len(texts) != len(batch):
+                    calls.extend([c for c in batch if type(c) is ToolCall])
+                    thoughts = [c.text for c in batch if type(c) is Thought]
+                a.text_chunks += len(texts)
+                a.published += len(batch) - len(texts)
+                n_text += len(texts)
+                response._extend(batch, texts)
+                reply.on_chunks(texts, thoughts)
+        finally:
+            a.text_chunks = n_text
+            a.published += n_text
         return calls
 
     def _record_call(self, turn: int, attempt: int, a: _Attempt, status: str, *,
@@ -669,9 +697,9 @@ class Agent:
             from .content import TextPart
 
             repair = [TextPart(schema.repair_prompt(first))]
-            start = len(response._items)
+            mark = response._mark()
             await self._call_with_retry(repair, response, True, turn, reply)
-            new_text = "".join(c.text for c in response._items[start:] if type(c) is Text)
+            new_text = response.text_since(mark)
             try:
                 return schema.validate(new_text)
             except Exception as second:
@@ -741,17 +769,20 @@ class Agent:
 
     def history_df(self) -> pd.DataFrame:
         """This conversation (and its sub-agents') as a DataFrame (design.md section 7)."""
-        from .frames import history_df
+        from .frames import history_df, history_df_from_steps
 
-        df = history_df(self.store, agent=None)
-        return df[df["conversation_id"].isin(self._conversation_ids())].reset_index(drop=True)
+        if isinstance(self.store, _NullStore):  # recording off: what the runtime holds
+            return history_df_from_steps(self.history, agent=self.name,
+                                         conversation_id=self._conversation_id)
+        return history_df(self.store, conversation_id=self._conversation_ids())
 
     def usage_df(self) -> pd.DataFrame:
         """One row per model call of this conversation (and its sub-agents')."""
-        from .frames import usage_df
+        from .frames import empty_usage_df, usage_df
 
-        df = usage_df(self.store, agent=None)
-        return df[df["conversation_id"].isin(self._conversation_ids())].reset_index(drop=True)
+        if isinstance(self.store, _NullStore):
+            return empty_usage_df()
+        return usage_df(self.store, conversation_id=self._conversation_ids())
 
     @classmethod
     def resume(cls, name: str, conversation_id: str | None = None, *, store: Any = None,
@@ -778,7 +809,7 @@ class _ReplyRecorder:
     ``interrupted`` (so a crash leaves it marked so), refreshed about once a second, closed
     with the final status."""
 
-    __slots__ = ("_agent", "_last_flush", "_parts", "_step_id", "_thoughts", "_turn")
+    __slots__ = ("_agent", "_joined", "_last_flush", "_parts", "_step_id", "_thoughts", "_turn")
 
     def __init__(self, agent: Agent, turn: int):
         self._agent = agent
@@ -787,24 +818,40 @@ class _ReplyRecorder:
         self._thoughts: list[str] = []
         self._step_id: int | None = None
         self._last_flush = 0.0
+        self._joined: tuple[int, str] = (0, "")
 
-    def on_chunks(self, batch: Sequence[Any]) -> None:
-        for chunk in batch:
-            kind = type(chunk)
-            if kind is Text:
-                self._parts.append(chunk.text)
-            elif kind is Thought:
-                self._thoughts.append(chunk.text)
-        if self._parts and self._step_id is None:
+    def on_chunks(self, texts: list[str], thoughts: list[str]) -> None:
+        self._parts.extend(texts)
+        if thoughts:
+            self._thoughts.extend(thoughts)
+        self.maybe_save()
+
+    def maybe_save(self) -> None:
+        """Save on the first text, then at most about once a second."""
+        if self._step_id is None:
+            if self._parts:
+                self._save()
+        elif time.monotonic() - self._last_flush > _FLUSH_EVERY_S:
+            self._save()
+
+    def _save(self) -> None:
+        if self._step_id is None:
+            if not self._parts:
+                return
             self._write_thoughts()  # thinking came first, so it is recorded first
             self._step_id = self._agent.store.add_step(
                 self._agent._conversation_id, self._agent.name,
-                Step("assistant", "text", "".join(self._parts), turn=self._turn,
+                Step("assistant", "text", self._text(), turn=self._turn,
                      status="interrupted"))
-            self._last_flush = time.monotonic()
-        elif self._step_id is not None and time.monotonic() - self._last_flush > _FLUSH_EVERY_S:
-            self._agent.store.update_step(self._step_id, text="".join(self._parts))
-            self._last_flush = time.monotonic()
+        else:
+            self._agent.store.update_step(self._step_id, text=self._text())
+        self._last_flush = time.monotonic()
+
+    def _text(self) -> str:
+        n = len(self._parts)
+        if self._joined[0] != n:
+            self._joined = (n, "".join(self._parts))
+        return self._joined[1]
 
     def rollback(self) -> None:
         """A private attempt that failed before any text: forget its thoughts."""
@@ -814,9 +861,9 @@ class _ReplyRecorder:
         """Before tool calls: close the text so far as its own step."""
         self._write_thoughts()
         if self._step_id is not None:
-            self._agent.store.update_step(self._step_id, text="".join(self._parts), status="ok",
+            self._agent.store.update_step(self._step_id, text=self._text(), status="ok",
                                           finished_at=utcnow())
-        self._step_id, self._parts = None, []
+        self._step_id, self._parts, self._joined = None, [], (0, "")
 
     def _write_thoughts(self) -> None:
         if self._thoughts:
@@ -829,7 +876,7 @@ class _ReplyRecorder:
         try:
             self._write_thoughts()
             if self._step_id is not None:
-                self._agent.store.update_step(self._step_id, text="".join(self._parts),
+                self._agent.store.update_step(self._step_id, text=self._text(),
                                               status=status, finished_at=utcnow())
             elif status == "ok":
                 self._agent.store.add_step(self._agent._conversation_id, self._agent.name,

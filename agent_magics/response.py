@@ -103,6 +103,8 @@ class ChatResponse:
         self.status = "streaming"  # -> ok | error | cancelled | interrupted
         self.attempts = 0
         self._items: list[Chunk] = []
+        self._texts: list[str] = []  # the Text chunks' strings, kept alongside for cheap joins
+        self._joined: tuple[int, str] = (0, "")
         self._done = False
         self._error: BaseException | None = None
         self._structured: Any = _UNSET
@@ -113,17 +115,28 @@ class ChatResponse:
     # -- producer side (the handle, on the background loop) ---------------------------------
 
     def _append(self, chunk: Chunk) -> None:
-        self._items.append(chunk)
-        if self._waiters:
-            self._wake()
+        self._extend([chunk], [chunk.text] if type(chunk) is Text else [])
 
-    def _extend(self, chunks: list[Chunk]) -> None:
+    def _extend(self, chunks: list[Chunk], texts: list[str]) -> None:
+        """Add a batch; ``texts`` are its Text chunks' strings (the caller has them already)."""
+        self._texts.extend(texts)
         self._items.extend(chunks)
         if self._waiters:
             self._wake()
 
-    def _truncate(self, n: int) -> None:
-        del self._items[n:]
+    def _push_text(self, chunk: Text) -> None:
+        self._texts.append(chunk.text)
+        self._items.append(chunk)
+        if self._waiters:
+            self._wake()
+
+    def _mark(self) -> tuple[int, int]:
+        return len(self._items), len(self._texts)
+
+    def _truncate(self, mark: tuple[int, int]) -> None:
+        del self._items[mark[0]:]
+        del self._texts[mark[1]:]
+        self._joined = (0, "")
 
     def _finish(self, *, status: str = "ok", usage: UsageMetadata | None = None,
                 stop_reason: str | None = None, error: BaseException | None = None,
@@ -208,7 +221,13 @@ class ChatResponse:
 
     def partial_text(self) -> str:
         """The text so far, without waiting (safe from any thread)."""
-        return "".join([c.text for c in self._items[:] if type(c) is Text])
+        n = len(self._texts)
+        if self._joined[0] != n:  # join once per change, not once per call
+            self._joined = (n, "".join(self._texts[:n]))
+        return self._joined[1]
+
+    def text_since(self, mark: tuple[int, int]) -> str:
+        return "".join(self._texts[mark[1]:])
 
     def snapshot(self) -> list[Chunk]:
         """A copy of the chunks so far (safe from any thread; used by live displays)."""

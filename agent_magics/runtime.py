@@ -27,7 +27,18 @@ from typing import Any, Protocol, runtime_checkable
 from .config import AgentConfig
 from .errors import AgentNotStarted
 from .quota import QuotaRegistry
-from .types import Event, Finish, Step, Text, Thought, ToolCall, ToolResult, UsageMetadata, utcnow
+from .types import (
+    Batch,
+    Event,
+    Finish,
+    Step,
+    Text,
+    Thought,
+    ToolCall,
+    ToolResult,
+    UsageMetadata,
+    utcnow,
+)
 
 __all__ = ["BaseRuntime", "Conversation", "Runtime"]
 
@@ -212,7 +223,8 @@ class BaseRuntime:
         off by cancellation is kept, marked ``interrupted``."""
         started = utcnow()
         new_turn = not _is_tool_results(content)
-        produced: list[Any] = []
+        texts: list[str] = []  # the reply's text pieces
+        others: list[Any] = []  # thoughts and tool calls (rare, so kept apart from the text)
         finish: Finish | None = None
         status = "ok"
         conv.busy += 1
@@ -225,23 +237,28 @@ class BaseRuntime:
                 if conv.cancel_requested:
                     status = "cancelled"
                     break
-                if isinstance(event, Finish):
+                kind = type(event)
+                if kind is Text:  # the common case first
+                    texts.append(event.text)
+                elif kind is Finish:
                     finish = event
-                    yield event
-                    continue
-                if isinstance(event, list):
-                    produced.extend(event)
+                elif isinstance(event, list):
+                    event = event if kind is Batch else Batch(event)
+                    pieces = event.texts
+                    if len(pieces) != len(event):
+                        others.extend([c for c in event if type(c) is not Text])
+                    texts.extend(pieces)
                 else:
-                    produced.append(event)
+                    others.append(event)
                 yield event
         except BaseException as exc:  # GeneratorExit / CancelledError / backend errors
             status = "interrupted" if isinstance(exc, (GeneratorExit, asyncio.CancelledError)) \
                 else "error"
-            if produced:
-                self._commit(conv, content, produced, finish, new_turn, started, status)
+            if texts or others:
+                self._commit(conv, content, texts, others, finish, new_turn, started, status)
             raise
         else:
-            self._commit(conv, content, produced, finish, new_turn, started, status)
+            self._commit(conv, content, texts, others, finish, new_turn, started, status)
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
@@ -252,7 +269,7 @@ class BaseRuntime:
                     conv._idle.set()
                 conv.wakeup_event.set()
 
-    def _commit(self, conv: Conversation, content: list[Any], produced: list[Any],
+    def _commit(self, conv: Conversation, content: list[Any], text: list[str], others: list[Any],
                 finish: Finish | None, new_turn: bool, started, status: str) -> None:
         if new_turn:
             conv.turns += 1
@@ -269,26 +286,21 @@ class BaseRuntime:
                                        status="error" if result.is_error else "ok",
                                        started_at=started))
         finished = utcnow()
-        text: list[str] = []
-        thoughts: list[str] = []
-        for chunk in produced:
-            if isinstance(chunk, Text):
-                text.append(chunk.text)
-            elif isinstance(chunk, Thought):
-                thoughts.append(chunk.text)
+        thoughts = [c.text for c in others if type(c) is Thought]
+        tool_calls = [c for c in others if type(c) is ToolCall]
         if thoughts:
             conv.steps.append(Step("assistant", "thought", "".join(thoughts), turn=turn,
                                    status=status, started_at=started, finished_at=finished))
-        if text or not any(isinstance(c, ToolCall) for c in produced):
-            conv.steps.append(Step("assistant", "text", "".join(text), turn=turn,
+        if text or not tool_calls:
+            reply = "".join(text)
+            conv.steps.append(Step("assistant", "text", reply, turn=turn,
                                    status=status, started_at=started, finished_at=finished))
-            conv.last_response = "".join(text)
-        for chunk in produced:
-            if isinstance(chunk, ToolCall):
-                conv.steps.append(Step("assistant", "tool_call", chunk.text, turn=turn,
-                                       tool_name=chunk.name, tool_call_id=chunk.id,
-                                       data=chunk.args, status=status, started_at=started,
-                                       finished_at=finished))
+            conv.last_response = reply
+        for chunk in tool_calls:
+            conv.steps.append(Step("assistant", "tool_call", chunk.text, turn=turn,
+                                   tool_name=chunk.name, tool_call_id=chunk.id,
+                                   data=chunk.args, status=status, started_at=started,
+                                   finished_at=finished))
         if finish is not None and finish.usage is not None:
             conv.total_usage = conv.total_usage + finish.usage
             conv.last_turn_usage = conv.last_turn_usage + finish.usage

@@ -41,6 +41,7 @@ import re
 import sqlite3
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -240,7 +241,7 @@ _CONVERSATION_UPSERT = (
 )
 
 
-# -- values in and out ---------------------------------------------------------------------------
+# -- values in and out ----------------------------------------------------------------------------
 
 def to_utc(value: datetime | float | str) -> datetime:
     """A datetime (naive = UTC), unix time or ISO-8601 string as a tz-aware UTC datetime."""
@@ -312,11 +313,18 @@ def _redact(value: Any) -> Any:
     return value
 
 
+def _is_busy(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes)
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
 def _scrub(text: str | None) -> str | None:
     return None if text is None else scrub_secrets(str(text))
 
 
-# -- records ------------------------------------------------------------------------------------
+# -- records --------------------------------------------------------------------------------------
 
 @dataclass
 class CallRecord:
@@ -339,27 +347,34 @@ class CallRecord:
     parent: str | None = None  # name of the parent agent, for sub-agents
 
     def _params(self) -> tuple:
-        usage = self.usage or UsageMetadata()
-        started = to_utc(self.started_at)
-        ints = (int(self.turn), int(self.attempt), int(usage.input_tokens),
-                int(usage.cached_tokens), int(usage.output_tokens), int(usage.thought_tokens),
-                int(usage.total_tokens))
-        floats = (float(self.duration_s or 0.0),
-                  None if self.ttft_s is None else float(self.ttft_s),
-                  None if self.retry_after_s is None else float(self.retry_after_s),
-                  float(self.waited_s or 0.0))
+        """The ``calls`` row (``_CALL_INSERT`` order), with the packed ``metrics`` copy."""
+        usage = self.usage or _NO_USAGE
+        started = self.started_at
+        if type(started) is not datetime or started.tzinfo is not timezone.utc:
+            started = to_utc(started)
+        turn, attempt = int(self.turn), int(self.attempt)
+        tokens = (int(usage.input_tokens), int(usage.cached_tokens), int(usage.output_tokens),
+                  int(usage.thought_tokens), int(usage.total_tokens))
+        duration, waited = float(self.duration_s or 0.0), float(self.waited_s or 0.0)
+        ttft = None if self.ttft_s is None else float(self.ttft_s)
+        retry = None if self.retry_after_s is None else float(self.retry_after_s)
         try:
             metrics: bytes | None = _METRICS.pack(
-                *ints, (started - _EPOCH) // _MICROSECOND,
-                *(math.nan if value is None else value for value in floats))
+                turn, attempt, *tokens, (started - _EPOCH) // _MICROSECOND, duration,
+                _NAN if ttft is None else ttft, _NAN if retry is None else retry, waited)
         except (struct.error, OverflowError):  # out of int64 range: readers use the columns
             metrics = None
-        return (self.agent, self.conversation_id, *ints[:2], self.model, self.status, *ints[2:],
-                started.isoformat(timespec="microseconds"), *floats, self.key_id or "",
-                _scrub(self.error), self.parent, metrics)
+        error = None if self.error is None else scrub_secrets(str(self.error))
+        return (self.agent, self.conversation_id, turn, attempt, self.model, self.status,
+                *tokens, started.isoformat(timespec="microseconds"), duration, ttft, retry,
+                waited, self.key_id or "", error, self.parent, metrics)
 
 
-# -- the store ----------------------------------------------------------------------------------
+_NO_USAGE = UsageMetadata()
+_NAN = math.nan
+
+
+# -- the store ------------------------------------------------------------------------------------
 
 class Store:
     """History and usage of every agent, in one SQLite file (or in memory).
@@ -437,7 +452,7 @@ class Store:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             version = self._inspect(conn)  # read-only: nothing written before this passes
             if not self._memory:
-                conn.execute("PRAGMA journal_mode = WAL")
+                self._enable_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")
             if version < len(MIGRATIONS):
                 self._migrate(conn)
@@ -446,15 +461,33 @@ class Store:
             raise
         except sqlite3.DatabaseError as exc:
             conn.close()
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise ConfigError(f"the store {self.path} stayed locked by another process for "
-                                  f"{BUSY_TIMEOUT_S:g}s; try again, or use another store path"
-                                  ) from None
+            if _is_busy(exc):
+                raise ConfigError(f"the store {self.path} is locked by another process; "
+                                  "try again, or use another store path") from None
             raise self._refuse(f"is not a usable SQLite database ({exc})") from None
         except BaseException:
             conn.close()
             raise
         return conn
+
+    @staticmethod
+    def _enable_wal(conn: sqlite3.Connection) -> None:
+        """Switch to WAL journaling, retrying while another process holds a lock.
+
+        SQLite does not call the busy handler for a journal-mode change, so two processes
+        opening a new file at once would otherwise see "database is locked" at once.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.002
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def _inspect(self, conn: sqlite3.Connection) -> int:
         """The schema version of the open database (0 = empty), or ConfigError if not ours."""
@@ -786,7 +819,7 @@ class Store:
         ]
 
 
-# -- shared stores -------------------------------------------------------------------------------
+# -- shared stores --------------------------------------------------------------------------------
 
 _shared_lock = threading.Lock()
 _shared: dict[str, Store] = {}

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 __all__ = [
+    "Batch",
     "Chunk",
     "Event",
     "Finish",
@@ -129,6 +130,21 @@ class ToolResult:
 
 
 Chunk = Text | Thought | ToolCall | ToolResult
+
+
+class Batch(list):
+    """Chunks that arrived together, with their Text strings alongside (``texts``).
+
+    Runtimes may yield a Batch (or a plain list) instead of single chunks; carrying the texts
+    spares every later layer a pass over the chunks, which keeps long streams cheap.
+    """
+
+    __slots__ = ("texts",)
+
+    def __init__(self, chunks: Any = (), texts: list[str] | None = None):
+        super().__init__(chunks)
+        self.texts: list[str] = [c.text for c in self if type(c) is Text] \
+            if texts is None else texts
 
 
 @dataclass(frozen=True)

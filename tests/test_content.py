@@ -8,7 +8,6 @@ import io
 import re
 import subprocess
 import sys
-import time
 import wave
 from pathlib import Path
 
@@ -432,10 +431,8 @@ def test_from_file_checks_size_before_reading(tmp_path, monkeypatch):
         raise AssertionError("the file was opened before its size was checked")
 
     monkeypatch.setattr(content, "open", no_reading, raising=False)
-    start = time.perf_counter()
     with pytest.raises(ContentError) as info:
         Media.from_file(path)
-    assert time.perf_counter() - start < 1.0
     message = str(info.value)
     assert "'huge.bin' is 100.0 MiB" in message
     assert "20.0 MiB" in message

@@ -22,7 +22,7 @@ from typing import Any
 from ..config import AgentConfig
 from ..quota import QuotaRegistry
 from ..runtime import BaseRuntime, Conversation, content_text
-from ..types import Chunk, Event, Finish, Step, Text, Thought, ToolCall, UsageMetadata
+from ..types import Batch, Chunk, Event, Finish, Step, Text, Thought, ToolCall, UsageMetadata
 
 __all__ = ["Reply", "ScriptedCall", "ScriptedRuntime", "from_model", "split_words"]
 
@@ -35,17 +35,18 @@ def split_words(text: str) -> list[str]:
 
 
 def estimate_tokens(text: str) -> int:
-    """A deterministic stand-in for a tokenizer: one token per word or punctuation run."""
-    return len(re.findall(r"\w+|[^\w\s]+", text))
+    """A deterministic stand-in for a tokenizer: about four characters a token."""
+    return (len(text) + 3) // 4
 
 
-@dataclass
+@dataclass(frozen=True)
 class Reply:
     """One scripted model turn.
 
     ``chunks`` overrides how ``text`` is split (strings become Text chunks); ``thoughts`` stream
     first, then the text, then ``tool_calls``. ``delay`` waits before the first chunk;
     ``fail_after=(n, exc)`` raises ``exc`` after ``n`` chunks; ``usage`` defaults to an estimate.
+    The chunks are built once, when the Reply is made: a script is data, ready before it plays.
     """
 
     text: str = ""
@@ -56,15 +57,24 @@ class Reply:
     tool_calls: Sequence[ToolCall] = ()
     fail_after: tuple[int, BaseException] | None = None
     stop_reason: str | None = None
+    _batch: Batch = field(init=False, repr=False, compare=False)
 
-    def stream_chunks(self) -> list[Chunk]:
-        out: list[Chunk] = [Thought(t) for t in self.thoughts]
-        if self.chunks is not None:
-            out.extend(Text(c) if isinstance(c, str) else c for c in self.chunks)
+    def __post_init__(self):
+        if self.chunks is None:
+            pieces: list[str] | None = split_words(self.text)
+            body: list[Chunk] = [Text(w) for w in pieces]
         else:
-            out.extend(Text(w) for w in split_words(self.text))
-        out.extend(self.tool_calls)
-        return out
+            body = [Text(c) if type(c) is str else c for c in self.chunks]
+            pieces = None  # computed by Batch
+        if self.thoughts or self.tool_calls:
+            batch = Batch([*(Thought(t) for t in self.thoughts), *body, *self.tool_calls])
+        else:
+            batch = Batch(body, pieces)
+        object.__setattr__(self, "_batch", batch)
+
+    def stream_chunks(self) -> Batch:
+        """All chunks in stream order, as a Batch (texts alongside)."""
+        return Batch(self._batch, self._batch.texts)
 
 
 @dataclass
@@ -132,7 +142,7 @@ class ScriptedRuntime(BaseRuntime):
         chunks = reply.stream_chunks()
         fail_at, fail_exc = reply.fail_after if reply.fail_after else (None, None)
         if fail_at is not None:
-            chunks = chunks[:fail_at]
+            chunks = Batch(chunks[:fail_at])
         if self.coalesce and not self.chunk_delay:
             if chunks:
                 yield chunks
@@ -147,8 +157,9 @@ class ScriptedRuntime(BaseRuntime):
         if usage is None:
             prompt_tokens = sum(estimate_tokens(s.text) for s in conv.steps) + \
                 estimate_tokens(call.prompt)
-            out_tokens = estimate_tokens(reply.text) + sum(estimate_tokens(c.text) for c in chunks
-                                                           if isinstance(c, ToolCall))
+            # about one token per streamed text chunk, as providers stream them
+            out_tokens = len(chunks.texts) + sum(estimate_tokens(c.text)
+                                                 for c in reply.tool_calls)
             usage = UsageMetadata.of(prompt_tokens, out_tokens,
                                      thought_tokens=sum(estimate_tokens(t) for t in reply.thoughts))
         stop = reply.stop_reason or ("tool_calls" if reply.tool_calls else "stop")
