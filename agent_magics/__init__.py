@@ -44,6 +44,7 @@ __all__ = [  # noqa: RUF022 (grouped as in _EXPORTS)
     "Step", "Text", "Thought", "ToolCall", "ToolResult", "AgentError", "AgentNotStarted",
     "QuotaExceeded", "BackendError", "PolicyError", "ConfigError", "ToolError", "Store", "tool",
     "ToolContext", "Hooks", "register_runtime", "known_providers", "history_df", "usage_df",
+    "agents", "load_ipython_extension", "unload_ipython_extension",
 ]
 
 if TYPE_CHECKING:
@@ -94,6 +95,31 @@ def usage_df(store: Any = None, **filters: Any) -> pd.DataFrame:
     from .frames import usage_df as _usage_df
 
     return _usage_df(_store(store), **filters)
+
+
+class _Agents(dict):
+    """Agent handles of this kernel, by name (``agent_magics.agents["NAME"]``)."""
+
+    def __repr__(self) -> str:
+        return f"agents({', '.join(sorted(self)) or 'none'})"
+
+
+#: The handles that ``%%agent`` cells create and use, by name.
+agents: dict[str, Any] = _Agents()
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext agent_magics``: register ``%%agent`` / ``%agent`` (cheap: no SDKs,
+    pandas or widgets are imported here)."""
+    from .kernel.magics import load_ipython_extension as load
+
+    load(shell)
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    from .kernel.magics import unload_ipython_extension as unload
+
+    unload(shell)
 
 
 def _store(store: Any) -> Any:

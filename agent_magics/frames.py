@@ -4,12 +4,14 @@ pandas is imported inside the functions, so importing this module stays cheap.
 
 Frames are built from one SELECT per call (a list of tuples straight from SQLite), turned into a
 2-D object array once and converted column by column with vectorised numpy/pandas operations;
-timestamps are parsed once per column. ``usage_df()`` reads the text columns plus the packed
-``metrics`` blob of each call (see :mod:`agent_magics.store`) and decodes every numeric column
-with one ``np.frombuffer``: creating ~12 fewer Python objects per row roughly halves the time,
-about 0.3 s for 100,000 calls (``benchmarks/bench_usage_df.py``). Rows without valid metrics
-(edited by hand) make it fall back to reading the plain columns. ``usage_df(by=...)`` is
-aggregated in SQL.
+timestamps are parsed once per column. ``usage_df()`` reads only the packed ``metrics`` blob and
+the (mostly NULL) ``error`` of each call (see :mod:`agent_magics.store`): one ``np.frombuffer``
+decodes every numeric column and the label ids of the text columns, whose few distinct texts
+come from the ``labels`` table, so text columns are built by indexing a small array of labels
+and no per-row strings are created (0.12-0.2 s for 100,000 calls instead of ~0.55 s reading
+the text columns, ``benchmarks/bench_usage_df.py``). Rows without valid metrics (edited by
+hand) make it fall back to reading the plain columns. ``usage_df(by=...)`` is aggregated in
+SQL.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from .store import (
     CALL_COLUMNS,
     CALL_SUMMARY_BY,
     CALL_SUMMARY_COLUMNS,
+    LABELLED_CALL_COLUMNS,
     METRICS_FIELDS,
     METRICS_FORMAT,
-    PACKED_CALL_COLUMNS,
     STEP_COLUMNS,
     Filter,
     Store,
@@ -227,8 +229,8 @@ def usage_df(store: Store | str | os.PathLike | None = None, *, agent: Filter = 
         return _summary_frame(by, source.call_summary(
             by, agent=agent, conversation_id=conversation_id))
     packed = getattr(source, "packed_call_rows", None)
-    frame = None if packed is None else _packed_usage_frame(
-        packed(agent=agent, conversation_id=conversation_id))
+    frame = None if packed is None or not hasattr(source, "labels") else _packed_usage_frame(
+        packed(agent=agent, conversation_id=conversation_id), source)
     if frame is None:  # some rows have no packed metrics: read the plain columns
         frame = _frame(_USAGE_SPEC, source.call_rows(agent=agent, conversation_id=conversation_id))
     if len(frame) > 1 and not frame["started_at"].is_monotonic_increasing:
@@ -246,9 +248,9 @@ def _metrics_dtype() -> Any:
     if not _metrics_dtype_cache:
         import numpy as np
 
-        kinds = {"q": "<i8", "d": "<f8"}
+        kinds = {"q": "<i8", "i": "<i4", "d": "<f8"}
         codes = "".join(code * int(count or 1)
-                        for count, code in re.findall(r"(\d*)([qd])", METRICS_FORMAT))
+                        for count, code in re.findall(r"(\d*)([qid])", METRICS_FORMAT))
         dtype = np.dtype([(name, kinds[code])
                           for name, code in zip(METRICS_FIELDS, codes, strict=True)])
         assert dtype.itemsize == struct.calcsize(METRICS_FORMAT)
@@ -256,38 +258,92 @@ def _metrics_dtype() -> Any:
     return _metrics_dtype_cache[0]
 
 
-def _packed_usage_frame(rows: list[tuple]) -> pd.DataFrame | None:
-    """The usage frame from :meth:`Store.packed_call_rows`, or None if a row lacks metrics.
+def _packed_usage_frame(rows: list[tuple], source: Any) -> pd.DataFrame | None:
+    """The usage frame from :meth:`Store.packed_call_rows` and :meth:`Store.labels`, or None
+    if a row lacks metrics or a label is missing (then the caller reads the plain columns).
 
-    Text columns come from the row tuples; all numeric columns are decoded at once from the
-    concatenated ``metrics`` blobs with one ``np.frombuffer``.
+    All numeric columns and the label ids are decoded at once from the concatenated
+    ``metrics`` blobs with one ``np.frombuffer``; text columns index the array of labels.
     """
     import numpy as np
     import pandas as pd
 
     if not rows:
         return empty_usage_df()
-    table = np.empty((len(rows), len(PACKED_CALL_COLUMNS)), dtype=object)
-    table[:] = rows
     try:
-        packed = b"".join(table[:, -1])
+        packed = b"".join([row[0] for row in rows])
     except TypeError:  # a None: missing or stale metrics
         return None
     metrics = np.frombuffer(packed, dtype=_metrics_dtype())
     if len(metrics) != len(rows):
         return None
-    text_dtype = _text_dtype()
-    text = {name: table[:, j] for j, name in enumerate(PACKED_CALL_COLUMNS[:-1])}
+    text = _label_columns(metrics, source)
+    if text is None:
+        return None
+    text["error"] = _sparse_text([row[1] for row in rows])
     columns: dict[str, Any] = {}
     for name, kind in _USAGE_SPEC.items():
         if kind == "text":
-            columns[name] = pd.array(text[name], dtype=text_dtype)
+            columns[name] = text[name]
         elif kind == "time":
             started = pd.to_datetime(metrics["started_at_us"], unit="us", utc=True)
             columns[name] = started.astype("datetime64[ns, UTC]").array
         else:
             columns[name] = metrics[name].astype(np.int64 if kind == "int" else np.float64)
     return pd.DataFrame(columns, copy=False)
+
+
+def _label_columns(metrics: Any, source: Any) -> dict[str, Any] | None:
+    """The :data:`LABELLED_CALL_COLUMNS` as text arrays from the label ids in ``metrics``
+    (0 = NULL), or None if an id has no label."""
+    import numpy as np
+    import pandas as pd
+
+    codes = np.stack([metrics[f"{name}_label"] for name in LABELLED_CALL_COLUMNS]).astype(np.intp)
+    if codes.min() < 0:
+        return None
+    ids, positions = _compact(codes)
+    texts = source.labels(ids.tolist())
+    if len(texts) != len(ids):
+        return None
+    labels = np.empty(len(ids) + 1, dtype=object)  # the last one, None (NA), is position -1
+    labels[:-1] = [texts[label_id] for label_id in ids.tolist()]
+    array = pd.array(labels, dtype=_text_dtype())
+    return {name: array.take(positions[j]) for j, name in enumerate(LABELLED_CALL_COLUMNS)}
+
+
+def _compact(codes: Any) -> tuple[Any, Any]:
+    """The distinct non-zero ``codes`` (sorted) and each code's position among them (-1 for
+    0), same shape as ``codes``."""
+    import numpy as np
+
+    top = int(codes.max())
+    if top <= 4 * codes.size + 4096:  # label ids are dense: a lookup table beats sorting
+        seen = np.zeros(top + 1, dtype=bool)
+        seen[codes.ravel()] = True
+        seen[0] = False
+        ids = np.flatnonzero(seen)
+        lookup = np.full(top + 1, -1, dtype=np.intp)
+        lookup[ids] = np.arange(len(ids))
+        return ids, lookup[codes]
+    ids, inverse = np.unique(codes, return_inverse=True)
+    inverse = inverse.reshape(codes.shape)
+    if ids[0] == 0:
+        ids, inverse = ids[1:], inverse - 1
+    return ids, inverse
+
+
+def _sparse_text(values: list) -> Any:
+    """A text array from values that are mostly None, converting only the others."""
+    import numpy as np
+    import pandas as pd
+
+    where = [i for i, value in enumerate(values) if value is not None]
+    present = np.empty(len(where) + 1, dtype=object)  # the last one, None (NA), is position -1
+    present[:-1] = [values[i] for i in where]
+    positions = np.full(len(values), -1, dtype=np.intp)
+    positions[where] = np.arange(len(where))
+    return pd.array(present, dtype=_text_dtype()).take(positions)
 
 
 def empty_usage_summary_df(by: str) -> pd.DataFrame:

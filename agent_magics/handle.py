@@ -127,8 +127,9 @@ class Agent:
         #: Called to approve ``ask_user`` tool calls without a handler (the notebook sets it);
         #: inherited by sub-agents.
         self.asker: Any = parent.asker if parent is not None else None
-        #: ``async runner(fn)`` runs a sync tool's bound call; default: a worker thread (the
-        #: notebook runs them on its main thread).
+        #: ``async runner(fn)`` runs a tool's bound call (``fn()`` may return a coroutine, for
+        #: async tools); default: sync tools in a worker thread, async ones on the handle's
+        #: loop. The notebook runs them on the kernel's main thread and loop.
         self.tool_runner: Any = parent.tool_runner if parent is not None else None
         self.subagents: dict[str, Agent] = {}
 
@@ -362,8 +363,10 @@ class Agent:
         response = await self.chat(content, schema=schema)
         return await response.structured_output()
 
-    async def _begin(self, content: Any, *, private: bool, wait: str,
-                     schema: Any = None) -> ChatResponse:
+    async def _launch(self, content: Any, *, private: bool = False,
+                      schema: Any = None) -> tuple[ChatResponse, asyncio.Task]:
+        """Start a turn and return at once: its response (filling as it streams) and task.
+        Used by :meth:`_begin` and by the notebook layer, which polls the response."""
         from .content import normalize
 
         parts = normalize(content)
@@ -383,6 +386,11 @@ class Agent:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         response._canceller = lambda: run_async(self._cancel_task(task))
+        return response, task
+
+    async def _begin(self, content: Any, *, private: bool, wait: str,
+                     schema: Any = None) -> ChatResponse:
+        response, task = await self._launch(content, private=private, schema=schema)
         try:
             if wait == "end":
                 await asyncio.shield(task)
@@ -391,15 +399,19 @@ class Agent:
                     await response._wait_beyond(0)
         except asyncio.CancelledError:
             # The caller gave up (KeyboardInterrupt in ask(), a cancelled await): stop the turn.
-            if not task.done():
-                self._cancel_reason = self._cancel_reason or "interrupted"
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            await self._interrupt_task(task)
             raise
         if response.error is not None and (wait == "end" or not response._items):
             raise response.error  # failed before streaming; later errors reach the iterators
         return response
+
+    async def _interrupt_task(self, task: asyncio.Task) -> None:
+        """Cancel a turn because its caller was interrupted (recorded as ``interrupted``)."""
+        if not task.done():
+            self._cancel_reason = self._cancel_reason or "interrupted"
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
     async def _cancel_task(self, task: asyncio.Task) -> None:
         if not task.done():
@@ -577,11 +589,20 @@ class Agent:
                     keep_text(text)
                     if response._waiters:
                         response._wake()
+                    changed = response.changed
+                    if changed is not None and not changed.is_set():
+                        changed.set()
                     n_text += 1
                     if n_text == 1 or not n_text % 256:
                         if a.ttft is None:
                             a.ttft = time.perf_counter() - a.t0
                         reply.maybe_save()
+                        # A stream that never waits (everything already buffered) would
+                        # otherwise hold the loop, and every other handle on it, to the end;
+                        # and, being all CPU, the GIL: time.sleep(0) lets the kernel's threads
+                        # (the display, iopub) in, as a socket read would.
+                        await asyncio.sleep(0)
+                        time.sleep(0)
                     continue
                 if kind is Finish:
                     a.finish = event
@@ -675,11 +696,16 @@ class Agent:
         return ToolResult(call.name, value, id=call.id), "ok"
 
     async def _invoke(self, spec: Any, call: ToolCall) -> Any:
+        context = self.tool_context
         if spec.is_async:
-            return await spec.invoke(call.args, context=self.tool_context)
-        bound = spec.prepare(call.args, context=self.tool_context)  # validates arguments here
-        if self.tool_runner is not None:  # e.g. the kernel's main thread
+            def bound() -> Any:
+                return spec.invoke(call.args, context=context)
+        else:
+            bound = spec.prepare(call.args, context=context)  # validates arguments here
+        if self.tool_runner is not None:  # e.g. the kernel's main thread and loop
             return await self.tool_runner(bound)
+        if spec.is_async:
+            return await bound()
         return await asyncio.to_thread(bound)
 
     # -- structured output ----------------------------------------------------------------------

@@ -111,6 +111,9 @@ class ChatResponse:
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._canceller: Callable[[], Any] | None = None
+        #: Set (if present) whenever chunks arrive or the reply ends: lets a thread that polls
+        #: the reply (the notebook display) wake at once instead of on its next tick.
+        self.changed: threading.Event | None = None
 
     # -- producer side (the handle, on the background loop) ---------------------------------
 
@@ -123,12 +126,18 @@ class ChatResponse:
         self._items.extend(chunks)
         if self._waiters:
             self._wake()
+        changed = self.changed
+        if changed is not None and not changed.is_set():
+            changed.set()
 
     def _push_text(self, chunk: Text) -> None:
         self._texts.append(chunk.text)
         self._items.append(chunk)
         if self._waiters:
             self._wake()
+        changed = self.changed
+        if changed is not None and not changed.is_set():
+            changed.set()
 
     def _mark(self) -> tuple[int, int]:
         return len(self._items), len(self._texts)
@@ -151,6 +160,8 @@ class ChatResponse:
         self._error = error
         self._done = True
         self._wake()
+        if self.changed is not None:
+            self.changed.set()
 
     def _wake(self) -> None:
         with self._lock:

@@ -12,6 +12,10 @@ transaction -- so a crashed kernel loses nothing already written and a new kerne
 * Datetimes are stored as ISO-8601 UTC text with microseconds (``2025-01-02T03:04:05.000006+00:00``:
   readable in any SQLite tool and sortable as text) and read back as tz-aware UTC datetimes.
   Naive datetimes given to the store are taken to be UTC.
+* The text columns of a call that repeat (agent, conversation, model, status, key, parent) are
+  also stored as ids into the append-only ``labels`` table, packed with the numeric columns in
+  ``calls.metrics``: a cache for bulk readers (``usage_df``), dropped by a trigger when a
+  mirrored column is edited; the plain columns stay the source of truth.
 * API keys never reach the store; free text (step text, tool payloads, error texts, config
   values) is passed through :func:`agent_magics.config.scrub_secrets` anyway before it is written.
 * A file that is not ours -- random bytes, a damaged database, another application's SQLite
@@ -34,6 +38,7 @@ refused with a message saying to upgrade.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -58,6 +63,7 @@ __all__ = [
     "CALL_SUMMARY_BY",
     "CALL_SUMMARY_COLUMNS",
     "HOME_ENV",
+    "LABELLED_CALL_COLUMNS",
     "METRICS_FIELDS",
     "METRICS_FORMAT",
     "MIGRATIONS",
@@ -81,14 +87,21 @@ APPLICATION_ID = 0x414D6763
 #: How long a write waits for another process's write to finish before failing.
 BUSY_TIMEOUT_S = 10.0
 
-#: ``calls.metrics``: the numeric columns of a call packed little-endian (8 int64, 4 float64;
-#: ``started_at`` as microseconds since the Unix epoch, NaN for an unknown float), so bulk readers
-#: (``usage_df``) decode them all at once instead of creating ~12 Python objects per row.
+#: Text columns of ``calls`` that are also stored dictionary-encoded: each distinct text is a
+#: row of the ``labels`` table and a call's ``metrics`` carries the label ids ("codes"; 0 = NULL).
+LABELLED_CALL_COLUMNS: tuple[str, ...] = (
+    "agent", "conversation_id", "model", "status", "key_id", "parent",
+)
+#: ``calls.metrics``: the numeric columns of a call and the label codes of its text columns,
+#: packed little-endian (8 int64, 4 float64, 6 int32; ``started_at`` as microseconds since the
+#: Unix epoch, NaN for an unknown float), so bulk readers (``usage_df``) decode them all at once
+#: instead of creating ~19 Python objects per row.
 METRICS_FIELDS: tuple[str, ...] = (
     "turn", "attempt", "input_tokens", "cached_tokens", "output_tokens", "thought_tokens",
     "total_tokens", "started_at_us", "duration_s", "ttft_s", "retry_after_s", "waited_s",
+    *(f"{column}_label" for column in LABELLED_CALL_COLUMNS),
 )
-METRICS_FORMAT = "<8q4d"
+METRICS_FORMAT = "<8q4d6i"
 _METRICS = struct.Struct(METRICS_FORMAT)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -99,6 +112,96 @@ _MEMORY = ":memory:"
 Migration = Sequence[str] | Callable[[sqlite3.Connection], None]
 #: A read filter: one value, several values (any of them), or None (no filter).
 Filter = str | Iterable[str] | None
+
+#: The ``metrics`` layout the v2 migration writes (frozen with it).
+_V2_METRICS = struct.Struct("<8q4d6i")
+
+
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """Schema v2: the ``labels`` table, and label codes in every call's ``metrics``.
+
+    ``labels`` gives each distinct text of :data:`LABELLED_CALL_COLUMNS` an id. It is append
+    only -- ids are never reused (AUTOINCREMENT) and a row never changes (a trigger refuses
+    updates) -- so processes may cache it. ``metrics`` (a cache of the plain columns, which stay
+    the source of truth) is recomputed for every call in the new format, and the trigger that
+    drops a stale copy now also watches the labelled text columns. Frozen, like every migration.
+    """
+    for statement in (
+        """CREATE TABLE labels (
+            id   INTEGER PRIMARY KEY AUTOINCREMENT,
+            text TEXT NOT NULL UNIQUE
+        )""",
+        """CREATE TRIGGER labels_append_only BEFORE UPDATE ON labels
+            BEGIN SELECT RAISE(ABORT, 'agent_magics labels never change'); END""",
+        "DROP TRIGGER calls_metrics_stale",
+        """CREATE TRIGGER calls_metrics_stale
+            AFTER UPDATE OF agent, conversation_id, turn, attempt, model, status, input_tokens,
+                cached_tokens, output_tokens, thought_tokens, total_tokens, started_at,
+                duration_s, ttft_s, retry_after_s, waited_s, key_id, parent ON calls
+            WHEN NEW.metrics IS NOT NULL
+            BEGIN UPDATE calls SET metrics = NULL WHERE id = NEW.id; END""",
+    ):
+        conn.execute(statement)
+    _repack_calls(conn, _V2_METRICS)
+
+
+def _repack_calls(conn: sqlite3.Connection, packer: struct.Struct, chunk: int = 20_000) -> None:
+    """Recompute ``calls.metrics`` of every call from its plain columns, in ``packer``'s layout
+    (the numeric columns, then the label codes), adding the labels it needs. Runs inside the
+    caller's transaction; rows it cannot pack exactly get NULL (readers then use the columns).
+    Part of the v2 migration: keep what it does (a later layout gets its own rebuild step)."""
+    labels: dict[str, int] = dict(conn.execute("SELECT text, id FROM labels").fetchall())
+    last = 0
+    while True:
+        rows = conn.execute(
+            "SELECT id, turn, attempt, input_tokens, cached_tokens, output_tokens, "
+            "thought_tokens, total_tokens, started_at, duration_s, ttft_s, retry_after_s, "
+            "waited_s, agent, conversation_id, model, status, key_id, parent FROM calls "
+            "WHERE id > ? ORDER BY id LIMIT ?", (last, chunk)).fetchall()
+        if not rows:
+            return
+        last = rows[-1][0]
+        new = {text for row in rows for text in row[13:]
+               if type(text) is str and text not in labels}
+        if new:
+            ordered = sorted(new)
+            conn.executemany(_LABEL_INSERT, [(text,) for text in ordered])
+            for start in range(0, len(ordered), _LABEL_CHUNK):
+                part = ordered[start:start + _LABEL_CHUNK]
+                labels.update(conn.execute(
+                    f"SELECT text, id FROM labels WHERE text IN ({', '.join('?' * len(part))})",
+                    part).fetchall())
+        conn.executemany("UPDATE calls SET metrics = ? WHERE id = ?",
+                         [(_repack_row(row[1:], packer, labels), row[0]) for row in rows])
+
+
+_INT, _TEXT = {int}, {str}
+_REAL_OR_NULL, _TEXT_OR_NULL = {int, float, type(None)}, {str, type(None)}
+
+
+def _repack_row(row: tuple, packer: struct.Struct, labels: dict[str, int]) -> bytes | None:
+    """One call's metrics from its plain column values (see :func:`_repack_calls`)."""
+    ints, started, floats, texts = row[:7], row[7], row[8:12], row[12:]
+    if (not set(map(type, ints)) <= _INT or not set(map(type, floats)) <= _REAL_OR_NULL
+            or floats[0] is None or floats[3] is None  # duration_s, waited_s are NOT NULL
+            or not set(map(type, texts[:-1])) <= _TEXT or type(texts[-1]) not in _TEXT_OR_NULL):
+        return None
+    try:  # only the store's own timestamp text converts exactly to microseconds
+        moment = datetime.fromisoformat(started) if type(started) is str else None
+    except ValueError:
+        moment = None
+    if moment is None or format_ts(moment) != started:
+        return None
+    codes = [0 if text is None else labels.get(text, -1) for text in texts]
+    if min(codes) < 0:
+        return None
+    try:
+        return packer.pack(*ints, (to_utc(moment) - _EPOCH) // _MICROSECOND,
+                           *(_NAN if value is None else float(value) for value in floats),
+                           *codes)
+    except (struct.error, OverflowError):
+        return None
+
 
 #: Ordered schema steps; see the module docstring before touching this list (append only).
 MIGRATIONS: list[Migration] = [
@@ -176,6 +279,8 @@ MIGRATIONS: list[Migration] = [
             WHEN NEW.metrics IS NOT NULL
             BEGIN UPDATE calls SET metrics = NULL WHERE id = NEW.id; END""",
     ),
+    # v2: dictionary-encoded text columns (the labels table, label codes in metrics).
+    _migrate_v2,
 ]
 
 #: Columns of :meth:`Store.call_rows` (the order of ``usage_df()``).
@@ -217,13 +322,13 @@ _CALL_INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 #: Columns of :meth:`Store.packed_call_rows`.
-PACKED_CALL_COLUMNS: tuple[str, ...] = (
-    "agent", "conversation_id", "model", "status", "key_id", "parent", "error", "metrics",
-)
+PACKED_CALL_COLUMNS: tuple[str, ...] = ("metrics", "error")
 _PACKED_CALL_SELECT = (
-    "SELECT agent, conversation_id, model, status, key_id, parent, error, "
-    f"CASE WHEN length(metrics) = {_METRICS.size} THEN metrics END FROM calls"
+    f"SELECT CASE WHEN length(metrics) = {_METRICS.size} THEN metrics END, error FROM calls"
 )
+_LABEL_INSERT = "INSERT OR IGNORE INTO labels (text) VALUES (?)"
+#: Labels looked up per statement (well below SQLite's smallest variable limit, 999).
+_LABEL_CHUNK = 500
 # The step's index within its (conversation, turn) is computed in the same statement, so it is
 # atomic even with several processes writing one conversation (a single write statement holds
 # the write lock from its first read).
@@ -346,9 +451,17 @@ class CallRecord:
     error: str | None = None
     parent: str | None = None  # name of the parent agent, for sub-agents
 
-    def _params(self) -> tuple:
-        """The ``calls`` row (``_CALL_INSERT`` order), with the packed ``metrics`` copy."""
-        usage = self.usage or _NO_USAGE
+    def _label_texts(self) -> tuple:
+        """The values of :data:`LABELLED_CALL_COLUMNS`, as they are written to ``calls``."""
+        return (self.agent, self.conversation_id, self.model, self.status, self.key_id or "",
+                self.parent)
+
+    def _params(self, codes: Sequence[int] | None) -> tuple:
+        """The ``calls`` row (``_CALL_INSERT`` order), with the packed ``metrics`` copy.
+
+        ``codes`` are the label ids of :meth:`_label_texts` (None: no metrics, readers then use
+        the plain columns)."""
+        usage = _NO_USAGE if self.usage is None else self.usage  # (bool() of it is slow)
         started = self.started_at
         if type(started) is not datetime or started.tzinfo is not timezone.utc:
             started = to_utc(started)
@@ -359,9 +472,9 @@ class CallRecord:
         ttft = None if self.ttft_s is None else float(self.ttft_s)
         retry = None if self.retry_after_s is None else float(self.retry_after_s)
         try:
-            metrics: bytes | None = _METRICS.pack(
+            metrics: bytes | None = None if codes is None else _METRICS.pack(
                 turn, attempt, *tokens, (started - _EPOCH) // _MICROSECOND, duration,
-                _NAN if ttft is None else ttft, _NAN if retry is None else retry, waited)
+                _NAN if ttft is None else ttft, _NAN if retry is None else retry, waited, *codes)
         except (struct.error, OverflowError):  # out of int64 range: readers use the columns
             metrics = None
         error = None if self.error is None else scrub_secrets(str(self.error))
@@ -397,6 +510,9 @@ class Store:
             self.path = str(Path(raw).expanduser())
         self._lock = threading.RLock()
         self._known_conversations: set[str] = set()
+        # The labels table, as far as seen (it is append-only, so this never goes stale).
+        self._label_ids: dict[str, int] = {}
+        self._label_texts: dict[int, str] = {}
         self._conn: sqlite3.Connection | None = None
         self._conn = self._open()
 
@@ -647,22 +763,70 @@ class Store:
         if sets:
             self._write(f"UPDATE steps SET {', '.join(sets)} WHERE id = ?", (*params, step_id))
 
+    def _add_labels(self, texts: Iterable[str]) -> None:
+        """Make sure the texts have label ids, learning them (committed before any call uses
+        them, so an id is never seen that a rollback could take back and hand to another text)."""
+        with self._lock:
+            new = [text for text in dict.fromkeys(texts) if text not in self._label_ids]
+            if not new:
+                return
+            conn = self._connection()
+            if len(new) == 1:
+                conn.execute(_LABEL_INSERT, new)  # autocommit
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(_LABEL_INSERT, [(text,) for text in new])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            for start in range(0, len(new), _LABEL_CHUNK):
+                part = new[start:start + _LABEL_CHUNK]
+                for label_id, text in conn.execute(
+                        f"SELECT id, text FROM labels WHERE text IN ({', '.join('?' * len(part))})",
+                        part):
+                    self._label_ids[text] = label_id
+                    self._label_texts[label_id] = text
+
+    def _codes(self, texts: tuple) -> tuple[int, ...] | None:
+        """Label ids of a call's labelled texts (0 for NULL), adding new labels; None if a
+        value is not a str (that call then has no metrics)."""
+        known = self._label_ids
+        try:
+            return tuple([0 if text is None else known[text] for text in texts])
+        except (KeyError, TypeError):
+            pass
+        if any(text is not None and type(text) is not str for text in texts):
+            return None
+        self._add_labels(text for text in texts if text is not None)
+        codes = tuple([0 if text is None else known.get(text, -1) for text in texts])
+        return None if -1 in codes else codes
+
     def add_call(self, record: CallRecord) -> int:
         """Append one model call (one attempt); returns its row id."""
-        params = record._params()
         with self._lock:
             self._auto_conversation(record.conversation_id, record.agent, record.model,
                                     record.parent)
+            params = record._params(self._codes(record._label_texts()))
             return self._write(_CALL_INSERT, params)
 
     def add_calls(self, records: Iterable[CallRecord]) -> int:
         """Append many calls in one transaction (imports, benchmarks); returns how many."""
         records = list(records)
-        rows = [record._params() for record in records]
         with self._lock:
             for record in records:
                 self._auto_conversation(record.conversation_id, record.agent, record.model,
                                         record.parent)
+            texts = [record._label_texts() for record in records]
+            try:
+                distinct = list(dict.fromkeys(itertools.chain.from_iterable(texts)))
+            except TypeError:  # an unhashable value: those calls get no metrics
+                distinct = [text for row in texts for text in row if type(text) is str]
+            self._add_labels(text for text in distinct if type(text) is str)
+            rows = [record._params(self._codes(row))
+                    for record, row in zip(records, texts, strict=True)]
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -704,13 +868,32 @@ class Store:
 
     def packed_call_rows(self, *, agent: Filter = None,
                          conversation_id: Filter = None) -> list[tuple]:
-        """Calls for bulk readers: tuples in :data:`PACKED_CALL_COLUMNS` order, insertion order.
+        """Calls for bulk readers: ``(metrics, error)`` tuples (:data:`PACKED_CALL_COLUMNS`),
+        in insertion order.
 
-        ``metrics`` is the :data:`METRICS_FORMAT` packing of :data:`METRICS_FIELDS`, or ``None``
-        where it is missing or stale (then read that row with :meth:`call_rows`).
+        ``metrics`` is the :data:`METRICS_FORMAT` packing of :data:`METRICS_FIELDS` -- the
+        numeric columns and the label ids of :data:`LABELLED_CALL_COLUMNS` (texts from
+        :meth:`labels`, 0 = NULL) -- or ``None`` where it is missing or stale (then read that
+        row with :meth:`call_rows`). Only two values per row cross into Python, and ``error``
+        is usually NULL.
         """
         where, params = self._where("", agent, conversation_id)
         return self._read(f"{_PACKED_CALL_SELECT}{where} ORDER BY id", params)
+
+    def labels(self, ids: Iterable[int]) -> dict[int, str]:
+        """The texts of those label ids that exist (labels never change, so they are cached)."""
+        wanted = list(dict.fromkeys(ids))
+        with self._lock:
+            known = self._label_texts
+            missing = [label_id for label_id in wanted if label_id not in known]
+            for start in range(0, len(missing), _LABEL_CHUNK):
+                part = missing[start:start + _LABEL_CHUNK]
+                for label_id, text in self._read(
+                        f"SELECT id, text FROM labels WHERE id IN ({', '.join('?' * len(part))})",
+                        part):
+                    known[label_id] = text
+                    self._label_ids[text] = label_id
+            return {label_id: known[label_id] for label_id in wanted if label_id in known}
 
     def call_summary(self, by: str, *, agent: Filter = None,
                      conversation_id: Filter = None) -> list[tuple]:

@@ -14,9 +14,12 @@ import pytest
 
 from agent_magics.errors import ConfigError
 from agent_magics.frames import (
+    _USAGE_SPEC,
     HISTORY_COLUMNS,
     USAGE_COLUMNS,
     USAGE_SUMMARY_COLUMNS,
+    _frame,
+    _packed_usage_frame,
     empty_history_df,
     empty_usage_df,
     empty_usage_summary_df,
@@ -119,16 +122,59 @@ def test_usage_df_is_sorted_by_start_time_ties_in_recording_order(store):
     assert isinstance(df.index, pd.RangeIndex)
 
 
+def _plain(store: Store, **filters) -> pd.DataFrame:
+    """usage_df built from the plain columns only (the fallback path)."""
+    frame = _frame(_USAGE_SPEC, store.call_rows(**filters))
+    return frame.sort_values("started_at", kind="stable", ignore_index=True)
+
+
 def test_plain_column_fallback_matches_the_packed_fast_path(store):
     for i in range(5):
         record(store, attempt=i, seconds=i, ttft_s=None if i % 2 else 0.1 * i,
-               usage=UsageMetadata.of(i, 2 * i), retry_after_s=i or None, error=f"e{i}")
+               usage=UsageMetadata.of(i, 2 * i), retry_after_s=i or None,
+               error=None if i == 2 else f"e{i}", parent="boss" if i % 2 else None,
+               key_id="" if i == 4 else f"k{i % 2}", cid=f"c{i % 3}", agent=f"a{i % 2}")
+    assert _packed_usage_frame(store.packed_call_rows(), store) is not None  # fast path used
     fast = usage_df(store)
+    assert fast["error"].isna().tolist() == [False, False, True, False, False]
+    assert fast["parent"].isna().tolist() == [True, False, True, False, True]
+    assert fast["key_id"].tolist() == ["k0", "k1", "k0", "k1", ""]
+    pd.testing.assert_frame_equal(fast, _plain(store))
+    for filters in ({"agent": "a1"}, {"conversation_id": ["c2", "c0"]}, {"agent": "nobody"}):
+        pd.testing.assert_frame_equal(usage_df(store, **filters), _plain(store, **filters))
     store._write("UPDATE calls SET metrics = NULL WHERE attempt = 3")
     slow = usage_df(store)
     pd.testing.assert_frame_equal(fast, slow)
     store._write("UPDATE calls SET output_tokens = 777 WHERE attempt = 1")  # drops its metrics
     assert usage_df(store)["output_tokens"].tolist() == [0, 777, 4, 6, 8]
+    store._write("UPDATE calls SET model = 'renamed' WHERE attempt = 2")  # so does a text
+    assert usage_df(store)["model"].tolist()[1:3] == ["gemini:gemini-2.5-flash", "renamed"]
+
+
+def test_fast_path_with_many_and_sparse_labels_matches_the_plain_columns(store):
+    store._write("INSERT INTO labels (id, text) VALUES (1500000000, 'far away')")
+    for i in range(60):
+        record(store, agent="far away" if i % 5 == 0 else f"a{i % 4}", cid=f"conv-{i}",
+               seconds=i, model=f"m{i % 7}", parent=None if i % 3 else "far away",
+               key_id=f"key{i % 11}", status=("ok", "quota", "error")[i % 3])
+    assert _packed_usage_frame(store.packed_call_rows(), store) is not None
+    fast = usage_df(store)
+    assert fast["agent"].iloc[0] == "far away" and fast["conversation_id"].iloc[59] == "conv-59"
+    pd.testing.assert_frame_equal(fast, _plain(store))
+    assert_dtypes(fast, USAGE_DTYPES)
+
+
+def test_a_missing_label_makes_usage_df_read_the_plain_columns(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    with Store(path) as writer:
+        record(writer, agent="a")
+        record(writer, agent="gone", seconds=1)
+        writer._write("DELETE FROM labels WHERE text = 'gone'")  # by hand
+    with Store(path) as reader:  # no cached labels
+        assert _packed_usage_frame(reader.packed_call_rows(), reader) is None
+        df = usage_df(reader)
+        assert df["agent"].tolist() == ["a", "gone"]
+        pd.testing.assert_frame_equal(df, _plain(reader))
 
 
 def test_history_df_columns_order_and_parent(store):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
@@ -11,6 +13,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from agent_magics import store as store_module
@@ -18,6 +21,8 @@ from agent_magics.config import scrub_secrets
 from agent_magics.errors import ConfigError
 from agent_magics.store import (
     APPLICATION_ID,
+    LABELLED_CALL_COLUMNS,
+    METRICS_FORMAT,
     MIGRATIONS,
     CallRecord,
     Store,
@@ -404,12 +409,179 @@ def test_close_is_idempotent_and_use_after_close_is_a_config_error(db):
 
 def test_metrics_copy_is_dropped_when_a_mirrored_column_changes(store):
     store.add_call(call())
-    assert store.packed_call_rows()[0][-1] is not None
-    store._write("UPDATE calls SET key_id = 'x'")  # not mirrored: stays
-    assert store.packed_call_rows()[0][-1] is not None
+    assert store.packed_call_rows()[0][0] is not None
+    store._write("UPDATE calls SET error = 'x'")  # not mirrored: stays
+    assert store.packed_call_rows()[0][0] is not None
     store._write("UPDATE calls SET input_tokens = 999")
-    assert store.packed_call_rows()[0][-1] is None
+    assert store.packed_call_rows()[0][0] is None
     assert store.calls()[0]["input_tokens"] == 999
+    for column in ("agent", "conversation_id", "model", "status", "key_id", "parent"):
+        store.add_call(call())
+        (metrics, _), = store.packed_call_rows()[-1:]
+        assert metrics is not None
+        store._write(f"UPDATE calls SET {column} = 'edited' WHERE id = (SELECT MAX(id) FROM calls)")
+        assert store.packed_call_rows()[-1][0] is None, column
+        assert store.calls()[-1][column] == "edited"
+
+
+# -- labels (dictionary-encoded text columns) -----------------------------------------------------
+
+def _codes(store: Store) -> list[tuple[int, ...]]:
+    size = struct.calcsize(METRICS_FORMAT)
+    return [struct.unpack(METRICS_FORMAT, metrics)[-len(LABELLED_CALL_COLUMNS):]
+            for metrics, _ in store.packed_call_rows() if metrics and len(metrics) == size]
+
+
+def test_text_columns_are_stored_as_label_ids_too(store):
+    store.add_call(call(agent="a", key_id="k1", parent=None))
+    store.add_call(call(agent="b", key_id="k1", parent="a", conversation_id="c2"))
+    store.add_calls([call(agent="a", conversation_id="c3", status="quota"),
+                     call(agent="c", conversation_id="c3", model="other:m")])
+    first, second, third, fourth = _codes(store)
+    assert first[-1] == 0  # parent NULL
+    labels = store.labels([code for row in (first, second, third, fourth) for code in row
+                           if code])
+    for row, codes in zip(store.calls(), (first, second, third, fourth), strict=True):
+        assert tuple(row[c] for c in LABELLED_CALL_COLUMNS) == \
+            tuple(labels.get(code) for code in codes)
+    assert second[-1] == first[0]  # one id per distinct text, whatever the column
+    ids = store._read("SELECT id FROM labels ORDER BY id")
+    assert len(ids) == len({v for row in store.calls() for c in LABELLED_CALL_COLUMNS
+                            if (v := row[c]) is not None})
+    assert store.labels([10**6]) == {}
+
+
+def test_labels_are_shared_by_every_connection_and_never_change(db):
+    one, two = Store(db), Store(db)
+    one.add_call(call(agent="x", conversation_id="shared"))
+    two.add_call(call(agent="y", conversation_id="shared"))  # learns "shared" from the file
+    one.add_call(call(agent="y", conversation_id="c9"))
+    assert _codes(one)[0][1] == _codes(one)[1][1]  # "shared" got one id
+    assert _codes(one)[1][0] == _codes(one)[2][0]  # so did "y"
+    assert one.labels([_codes(one)[1][0]]) == two.labels([_codes(one)[1][0]])
+    with pytest.raises(sqlite3.DatabaseError, match="never change"):
+        one._write("UPDATE labels SET text = 'other' WHERE text = 'x'")
+    one.close()
+    two.close()
+
+
+def test_a_value_that_is_not_text_gets_no_metrics(store):
+    store.add_call(call(model=123))  # type: ignore[arg-type]
+    assert store.packed_call_rows()[0][0] is None  # readers use the plain columns
+    assert store.calls()[0]["model"] == "123"
+
+
+def test_labels_are_committed_before_the_calls_that_use_them(db):
+    s = Store(db)
+    failing = [call(conversation_id="new-conv", model="new-model"),
+               call(agent=None, conversation_id="c2")]  # NOT NULL: the batch rolls back
+    with pytest.raises(sqlite3.IntegrityError):
+        s.add_calls(failing)
+    assert s.calls() == []
+    s.add_call(call(conversation_id="new-conv", model="new-model"))  # cached label ids
+    (codes,) = _codes(s)
+    other = Store(db)  # no cache: the ids are in the file, with these texts
+    assert other.labels(codes[:3]) == {codes[0]: "a", codes[1]: "new-conv",
+                                       codes[2]: "new-model"}
+    other.close()
+    s.close()
+
+
+# -- upgrading a v1 store -------------------------------------------------------------------------
+
+def _v1_row(record: CallRecord) -> tuple:
+    """The row the v1 store wrote for ``record``: today's plain columns, v1 metrics."""
+    row = record._params(None)
+    usage = record.usage
+    started = record.started_at.astimezone(timezone.utc)
+    metrics = struct.pack(
+        "<8q4d", record.turn, record.attempt, usage.input_tokens, usage.cached_tokens,
+        usage.output_tokens, usage.thought_tokens, usage.total_tokens,
+        (started - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1),
+        record.duration_s, math.nan if record.ttft_s is None else record.ttft_s,
+        math.nan if record.retry_after_s is None else record.retry_after_s, record.waited_s)
+    return (*row[:-1], metrics)
+
+
+def _v1_store(db: Path, monkeypatch, records: list[CallRecord]) -> None:
+    """A v1 store (schema v1, rows as the v1 writer wrote them) at ``db``."""
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:1])
+        s = Store(db)
+        assert s.schema_version == 1
+        s.close()
+    with raw(db) as conn:
+        conn.executemany(store_module._CALL_INSERT, [_v1_row(r) for r in records])
+    conn.close()
+
+
+def _v1_records() -> list[CallRecord]:
+    out = []
+    for i in range(300):
+        quota = i % 7 == 0
+        out.append(call(
+            agent=f"agent{i % 3}", conversation_id=f"conv-{i % 40}", turn=1 + i // 40,
+            attempt=i % 2, model=("gemini:flash", "openai:mini")[i % 2],
+            status="quota" if quota else "ok",
+            usage=UsageMetadata.of(i, 2 * i, cached_tokens=i % 5),
+            started_at=T0 + timedelta(seconds=i * 1.5), duration_s=0.25 * i,
+            ttft_s=None if quota else 0.01 * i, retry_after_s=2.0 if quota else None,
+            waited_s=0.5 * (i % 3), key_id=("", "k1", "k2")[i % 3],
+            parent=None if i % 4 else "boss", error=f"429 #{i}" if quota else None))
+    return out
+
+
+def test_a_v1_store_is_upgraded_in_place_and_keeps_every_row(db, monkeypatch):
+    from agent_magics.frames import _USAGE_SPEC, _frame, _packed_usage_frame, usage_df
+
+    records = _v1_records()
+    _v1_store(db, monkeypatch, records)
+    with raw(db) as conn:  # a v1 row whose metrics copy an edit had dropped
+        conn.execute("UPDATE calls SET metrics = NULL WHERE id = 5")
+    conn.close()
+    with monkeypatch.context() as patch:  # read as v1, from the plain columns
+        patch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:1])
+        s = Store(db)
+        before = usage_df(s)
+        calls_before = s.calls()
+        s.close()
+    assert len(before) == len(records)
+
+    s = Store(db)  # upgrades
+    assert s.schema_version == len(MIGRATIONS) >= 2
+    assert s.calls() == calls_before
+    assert all(metrics is not None for metrics, _ in s.packed_call_rows())  # all repacked
+    fast = _packed_usage_frame(s.packed_call_rows(), s)
+    assert fast is not None
+    pd.testing.assert_frame_equal(usage_df(s), before)
+    pd.testing.assert_frame_equal(_frame(_USAGE_SPEC, s.call_rows()), before)
+    s.add_call(call(agent="agent1", conversation_id="conv-3", started_at=T0 + timedelta(days=1)))
+    after = usage_df(s)
+    assert len(after) == len(records) + 1 and after["conversation_id"].iloc[-1] == "conv-3"
+    s.close()
+    with raw(db) as conn:
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == \
+            list(range(1, len(MIGRATIONS) + 1))
+    conn.close()
+
+
+def test_upgrading_leaves_rows_it_cannot_pack_exactly_to_the_plain_columns(db, monkeypatch):
+    from agent_magics.frames import _USAGE_SPEC, _frame, usage_df
+
+    _v1_store(db, monkeypatch, _v1_records()[:10])
+    with raw(db) as conn:  # hand edits: a timestamp in another format, a fractional count
+        conn.execute("UPDATE calls SET started_at = '2025-03-04 05:06:07' WHERE id = 2")
+        conn.execute("UPDATE calls SET input_tokens = 2.5 WHERE id = 3")
+    conn.close()
+    s = Store(db)
+    assert [metrics is None for metrics, _ in s.packed_call_rows()][:4] == \
+        [False, True, True, False]
+    df = usage_df(s)
+    pd.testing.assert_frame_equal(df, _frame(_USAGE_SPEC, s.call_rows()).sort_values(
+        "started_at", kind="stable", ignore_index=True))
+    assert df["started_at"].iloc[0] == pd.Timestamp("2025-03-04 05:06:07", tz="UTC")
+    assert df["input_tokens"].iloc[2] == 2
+    s.close()
 
 
 # -- durability, threads, processes ---------------------------------------------------------------

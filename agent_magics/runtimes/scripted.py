@@ -136,6 +136,21 @@ class ScriptedRuntime(BaseRuntime):
         item = self._next_item(call)
         if isinstance(item, BaseException):
             raise item
+        streaming = not self.coalesce or self.chunk_delay
+        if not isinstance(item, Reply) and streaming:
+            # A plain string streamed chunk by chunk: split as it goes, so the first chunk
+            # leaves at once however long the text (as a real stream's would).
+            text = str(item)
+            n = 0
+            for match in _WORDS.finditer(text):
+                if self.chunk_delay and n:
+                    await asyncio.sleep(self.chunk_delay)
+                n += 1
+                yield Text(match.group())
+            prompt_tokens = sum(estimate_tokens(s.text) for s in conv.steps) + \
+                estimate_tokens(call.prompt)
+            yield Finish("stop", UsageMetadata.of(prompt_tokens, n))
+            return
         reply = item if isinstance(item, Reply) else Reply(str(item))
         if reply.delay:
             await asyncio.sleep(reply.delay)

@@ -1,0 +1,117 @@
+"""A small synchronous driver for a real IPython kernel (jupyter_client), for tests."""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from jupyter_client.manager import KernelManager
+
+
+@dataclass
+class Execution:
+    """What one execute request produced, in arrival order."""
+
+    reply: dict[str, Any]
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def of(self, *types: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["msg_type"] in types]
+
+    @property
+    def stdout(self) -> str:
+        return "".join(m["content"]["text"] for m in self.of("stream")
+                       if m["content"]["name"] == "stdout")
+
+    @property
+    def stderr(self) -> str:
+        return "".join(m["content"]["text"] for m in self.of("stream")
+                       if m["content"]["name"] == "stderr")
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return [m["content"] for m in self.of("error")]
+
+    @property
+    def ok(self) -> bool:
+        return self.reply["content"]["status"] == "ok"
+
+    def displays(self) -> list[dict[str, Any]]:
+        """Final state of every display in this execution: display_id -> latest data."""
+        latest: dict[str, dict[str, Any]] = {}
+        order: list[str] = []
+        for m in self.of("display_data", "update_display_data", "execute_result"):
+            content = m["content"]
+            key = (content.get("transient") or {}).get("display_id") or f"#{len(order)}"
+            if key not in latest:
+                order.append(key)
+            latest[key] = content
+        return [latest[k] for k in order]
+
+    def result_text(self) -> str | None:
+        results = self.of("execute_result")
+        return results[-1]["content"]["data"].get("text/plain") if results else None
+
+
+class Kernel:
+    """Start, drive and stop one kernel running this interpreter."""
+
+    def __init__(self, env: dict[str, str] | None = None):
+        self.km = KernelManager(kernel_name="python3")
+        self.km.kernel_cmd = None
+        kernel_env = {**os.environ, **(env or {})}
+        kernel_env.pop("PYDEVD_DISABLE_FILE_VALIDATION", None)
+        self.km.kernel_spec.argv = [sys.executable, "-m", "ipykernel_launcher", "-f",
+                                    "{connection_file}"]
+        self.km.start_kernel(env=kernel_env)
+        self.client = self.km.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+
+    def execute(self, code: str, timeout: float = 60.0, *, interrupt_after: float | None = None,
+                stdin: bool = False) -> Execution:
+        start = time.monotonic()
+        msg_id = self.client.execute(code, allow_stdin=stdin)
+        messages: list[dict[str, Any]] = []
+        interrupted = interrupt_after is None
+        deadline = start + timeout
+        idle = False
+        while not idle:
+            if not interrupted and time.monotonic() - start >= interrupt_after:
+                self.km.interrupt_kernel()
+                interrupted = True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"kernel did not finish within {timeout}s: {code[:80]!r}")
+            try:
+                msg = self.client.get_iopub_msg(timeout=min(0.05, remaining))
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                if msg["msg_type"] in ("update_display_data",):
+                    messages.append(msg)  # updates from --bg threads may carry another parent
+                continue
+            if msg["msg_type"] == "status":
+                idle = msg["content"]["execution_state"] == "idle"
+                continue
+            messages.append(msg)
+        reply = self.client.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+        return Execution(reply, messages, time.monotonic() - start)
+
+    def restart(self) -> None:
+        self.client.stop_channels()
+        self.km.restart_kernel(now=True)
+        self.client = self.km.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+
+    def shutdown(self) -> None:
+        try:
+            self.client.stop_channels()
+        finally:
+            self.km.shutdown_kernel(now=True)

@@ -1,0 +1,229 @@
+"""The magics in a real kernel (jupyter_client): parsing, streaming, outputs, interrupts,
+background turns, resume after a restart, DataFrames."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kernel_client import Kernel
+
+pytestmark = pytest.mark.timeout(180)
+
+SETUP = """
+%load_ext agent_magics
+import agent_magics
+from agent_magics import Agent, agents
+from agent_magics.runtimes.scripted import Reply, ScriptedRuntime
+from agent_magics.types import ToolCall
+"""
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    home = tmp_path_factory.mktemp("kernel_home")
+    k = Kernel(env={"AGENT_MAGICS_HOME": str(home)})
+    try:
+        result = k.execute(SETUP)
+        assert result.ok, result.errors
+        yield k
+    finally:
+        k.shutdown()
+
+
+def final_reply(result):
+    """The bundle carrying agent_magics metadata (the reply), from an execution."""
+    for content in result.displays():
+        if "agent_magics" in content.get("metadata", {}):
+            return content
+    raise AssertionError(f"no reply display in {[m['msg_type'] for m in result.messages]}")
+
+
+def value(kernel, expression):
+    result = kernel.execute(expression)
+    assert result.ok, result.errors
+    return result.result_text()
+
+
+def test_cell_magic_streams_and_leaves_a_plain_final_bundle(kernel):
+    result = kernel.execute("%%agent first\nHello there, agent!")
+    assert result.ok, result.errors
+    reply = final_reply(result)
+    assert reply["data"]["text/markdown"].strip() == "Hello there, agent!"
+    assert reply["data"]["text/plain"].strip() == "Hello there, agent!"
+    meta = reply["metadata"]["agent_magics"]
+    assert meta["agent"] == "first" and meta["model"] == "scripted:echo"
+    assert meta["turn"] == 1 and meta["conversation_id"]
+    assert meta["usage"]["input_tokens"] > 0
+    assert result.errors == [] and "Traceback" not in result.stderr
+    # the status widget was replaced by a readable line, not left as widget JSON
+    for content in result.displays():
+        assert "application/vnd.jupyter.widget-view+json" not in content["data"], content
+
+
+def test_later_cells_continue_the_conversation(kernel):
+    kernel.execute("%%agent cont\none")
+    result = kernel.execute("%%agent cont\ntwo")
+    assert final_reply(result)["metadata"]["agent_magics"]["turn"] == 2
+    assert value(kernel, "agents['cont'].turn_count") == "2"
+    assert value(kernel, "[s.text for s in agents['cont'].history if s.role == 'user']") == \
+        "['one', 'two']"
+
+
+def test_bad_option_is_one_line_with_usage_not_a_traceback(kernel):
+    result = kernel.execute("%%agent x --bogus\nhi")
+    assert result.ok and result.errors == []
+    lines = result.stderr.strip().splitlines()
+    assert "--bogus" in lines[0]
+    assert lines[1].startswith("usage: %%agent [NAME]")
+    assert len(lines) == 2
+    result = kernel.execute("%%agent x --retries many\nhi")
+    assert "--retries" in result.stderr and "usage:" in result.stderr
+    result = kernel.execute("%agent frobnicate")
+    assert "frobnicate" in result.stderr and "usage: %agent" in result.stderr
+
+
+def test_known_errors_are_one_line(kernel):
+    result = kernel.execute("%%agent bad -m nosuch:model\nhi")
+    assert result.ok and result.errors == []
+    assert result.stderr.strip().count("\n") == 0
+    assert "unknown provider 'nosuch'" in result.stderr and "scripted" in result.stderr
+    result = kernel.execute("%agent clear ghost")
+    assert "no agent named 'ghost'" in result.stderr
+
+
+def test_interpolation_fills_lookups_and_leaves_json_and_code(kernel):
+    kernel.execute("x = 41\ncfg = {'city': 'Paris'}")
+    result = kernel.execute('%%agent interp\nx={x} city={cfg[city]} json={"a": 1} '
+                            'code={k: v for k, v in d} esc={{x}}')
+    text = final_reply(result)["data"]["text/plain"].strip()
+    assert text == 'x=41 city=Paris json={"a": 1} code={k: v for k, v in d} esc={x}'
+    result = kernel.execute("%%agent interp --no-interpolate\nraw {x}")
+    assert final_reply(result)["data"]["text/plain"].strip() == "raw {x}"
+
+
+def test_output_variable_and_formats(kernel):
+    kernel.execute("%%agent fmt -o answer\nforty two")
+    assert value(kernel, "answer") == "'forty two'"
+    result = kernel.execute('%%agent fmt -f json -o data\n{"a": [1, 2]}')
+    assert final_reply(result)["data"]["application/json"] == {"a": [1, 2]}
+    assert value(kernel, "data") == "{'a': [1, 2]}"
+    result = kernel.execute("%%agent fmt -f text\nplain words")
+    assert set(final_reply(result)["data"]) == {"text/plain"}
+
+
+def test_schema_option_gives_structured_output(kernel):
+    kernel.execute("schema = {'type': 'object', 'required': ['n']}")
+    kernel.execute('%%agent schema_agent --schema schema -o out\n{"n": 3}')
+    assert value(kernel, "out") == "{'n': 3}"
+
+
+def test_streaming_updates_are_bounded_by_the_refresh_rate(kernel):
+    kernel.execute("agents['stream'] = Agent(name='stream', runtime=ScriptedRuntime("
+                   "[' '.join(f'w{i}' for i in range(150))], chunk_delay=0.01))")
+    result = kernel.execute("%%agent stream\ngo")
+    assert result.ok, result.errors
+    updates = result.of("update_display_data")
+    seconds = result.seconds
+    # 10 refreshes/s by default, for the reply view and the status widget, plus final updates
+    assert 2 <= len(updates) <= 2 * (10 * seconds + 2) + 4, (len(updates), seconds)
+    assert final_reply(result)["data"]["text/plain"].split()[-1] == "w149"
+
+
+def test_background_turn_and_wait(kernel):
+    kernel.execute("agents['bg'] = Agent(name='bg', runtime=ScriptedRuntime("
+                   "['slow background reply ' * 20], chunk_delay=0.02))")
+    started = kernel.execute("%%agent bg --bg -o bg_out\ngo")
+    assert started.ok and started.seconds < 2.0
+    waited = kernel.execute("%agent wait bg")
+    assert waited.ok, waited.errors
+    assert value(kernel, "bg_out.split()[:3]") == "['slow', 'background', 'reply']"
+    assert value(kernel, "agents['bg'].is_idle") == "True"
+
+
+def test_a_second_turn_on_a_busy_handle_queues(kernel):
+    kernel.execute("agents['q'] = Agent(name='q', runtime=ScriptedRuntime("
+                   "['first reply here', 'second'], chunk_delay=0.05))")
+    kernel.execute("%%agent q --bg -o r1\none")
+    result = kernel.execute("%%agent q -o r2\ntwo")
+    assert result.ok
+    assert value(kernel, "(r1, r2)") == "('first reply here', 'second')"
+
+
+def test_interrupt_cancels_promptly_and_keeps_the_partial_reply(kernel):
+    kernel.execute("agents['slow'] = Agent(name='slow', runtime=ScriptedRuntime("
+                   "[' '.join(['word'] * 400), 'after'], chunk_delay=0.02))")
+    result = kernel.execute("%%agent slow\ngo", interrupt_after=1.0)
+    assert not result.ok
+    assert result.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert result.seconds < 1.0 + 1.5, result.seconds  # cancelled within about a second
+    statuses = value(kernel, "[s.status for s in agents['slow'].history if s.role == "
+                             "'assistant']")
+    assert statuses == "['interrupted']"
+    partial = value(kernel, "len(agents['slow'].history[-1].text.split())")
+    assert 0 < int(partial) < 400
+    rows = value(kernel, "agents['slow'].history_df().query('role == \"assistant\"')"
+                         ".status.tolist()")
+    assert rows == "['interrupted']"
+    again = kernel.execute("%%agent slow\nnext")
+    assert again.ok and final_reply(again)["data"]["text/plain"].strip() == "after"
+
+
+def test_tools_run_on_the_kernel_main_thread(kernel):
+    kernel.execute("""
+import threading
+def where() -> str:
+    \"\"\"Which thread runs me.\"\"\"
+    return threading.current_thread().name
+agents['tools'] = Agent(name='tools', runtime=ScriptedRuntime(
+    [Reply('', tool_calls=[ToolCall('where', {})]), 'done']))
+""")
+    result = kernel.execute("%%agent tools -t where\nwhere do tools run?")
+    assert result.ok, result.errors
+    assert value(kernel, "agents['tools'].runtime.calls[1].content[0].result") == "'MainThread'"
+
+
+def test_line_magic_dataframes(kernel):
+    kernel.execute("%%agent frames\nhello")
+    kernel.execute("df = %agent usage frames")
+    assert value(kernel, "(type(df).__name__, len(df), df.status.tolist())") == \
+        "('DataFrame', 1, ['ok'])"
+    kernel.execute("h = %agent history frames")
+    assert value(kernel, "h.role.tolist()") == "['user', 'assistant']"
+    kernel.execute("lst = %agent list")
+    assert "frames" in value(kernel, "lst.name.tolist()")
+    kernel.execute("by = %agent usage --by agent")
+    assert value(kernel, "'frames' in by.index") == "True"
+    kernel.execute("b = %agent backends")
+    assert "scripted" in value(kernel, "b.provider.tolist()")
+
+
+def test_config_traits(kernel):
+    result = kernel.execute("%config AgentMagics.default_format = 'text'\n")
+    assert result.ok, result.errors
+    result = kernel.execute("%%agent cfg\nplain now")
+    assert set(final_reply(result)["data"]) == {"text/plain"}
+    kernel.execute("%agent config default_format=markdown")
+    result = kernel.execute("%%agent cfg\nmarkdown again")
+    assert "text/markdown" in final_reply(result)["data"]
+    listing = kernel.execute("%agent config")
+    assert "AgentMagics.default_format = 'markdown'" in listing.stdout
+
+
+def test_resume_after_a_kernel_restart(tmp_path):
+    k = Kernel(env={"AGENT_MAGICS_HOME": str(tmp_path)})
+    try:
+        k.execute(SETUP)
+        k.execute("%%agent mem\nmy name is Ada")
+        k.restart()
+        k.execute(SETUP)
+        result = k.execute("%agent resume mem")
+        assert result.ok and "resumed conversation" in result.stdout
+        result = k.execute("%%agent mem\nwhat is my name?")
+        assert result.ok, result.errors
+        history = k.execute("[s.text for s in agents['mem'].runtime.calls[-1].history]")
+        assert json.loads(history.result_text().replace("'", '"')) == \
+            ["my name is Ada", "my name is Ada"]
+        assert final_reply(result)["metadata"]["agent_magics"]["turn"] == 2
+    finally:
+        k.shutdown()
