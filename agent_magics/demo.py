@@ -1,7 +1,9 @@
 """An offline tour of agent_magics: ``python -m agent_magics.demo``.
 
 Runs on the scripted runtime (no key, no network): a streamed reply, a quota error retried
-with backoff, a tool call, structured output, and the records as DataFrames.
+with backoff, a tool call, structured output, and the records as DataFrames. Then, from a
+source checkout with the ``notebooks`` extra installed, it executes the quickstart notebook in
+a real kernel and prints its cells and outputs as text.
 """
 
 from __future__ import annotations
@@ -61,7 +63,40 @@ async def main(store_path: str) -> None:
                                     "output_tokens", "retry_after_s"]].to_string())
 
 
+QUICKSTART = Path(__file__).resolve().parents[1] / "notebooks" / "01-quickstart.ipynb"
+
+
+def run_quickstart(path: Path, home: str) -> bool:
+    """Execute the quickstart notebook offline and print it as text; False if unavailable."""
+    try:
+        import nbclient
+        import nbformat
+    except ImportError:
+        print("\n(install the notebooks extra to also run the quickstart notebook: "
+              "pip install -e '.[notebooks]')")
+        return False
+    if not path.exists():
+        return False
+    import os
+
+    os.environ["AGENT_MAGICS_HOME"] = home  # the kernel inherits it: records stay temporary
+    nb = nbformat.read(path, as_version=4)
+    print(f"\n6. the quickstart notebook, executed offline in a fresh kernel ({path.name}):")
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        print("\n>>> " + cell.source.replace("\n", "\n... "))
+        for out in cell.get("outputs", []):
+            text = out.get("text") or out.get("data", {}).get("text/plain", "")
+            if text.strip():
+                print(text.rstrip())
+    return True
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         path = sys.argv[1] if len(sys.argv) > 1 else str(Path(tmp) / "demo.sqlite3")
         asyncio.run(main(path))
+        run_quickstart(QUICKSTART, tmp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -218,6 +219,8 @@ class TurnRunner:
     def _close_widget(self, summary: str) -> None:
         if self.widget is not None:
             self.widget.close(summary)
+        elif self.view.terminal:  # a terminal gets the summary line, not status chatter
+            print(summary, file=sys.stderr)
 
 
 def one_line(exc: BaseException) -> str:

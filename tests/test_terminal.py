@@ -1,0 +1,49 @@
+"""IPython in a terminal (no kernel, no display ids): plain text streaming, no widgets."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+
+@pytest.fixture
+def shell():
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_line_magic("load_ext", "agent_magics")
+        shell.run_line_magic("config", "AgentMagics.store = ':memory:'")
+        yield shell
+    finally:
+        shell.run_line_magic("unload_ext", "agent_magics")
+        InteractiveShell.clear_instance()
+
+
+def run(shell, code):
+    with capture_output() as captured:
+        result = shell.run_cell(code)
+    assert result.error_in_exec is None, result.error_in_exec
+    return captured
+
+
+def test_cell_magic_streams_plain_text_without_widgets(shell):
+    captured = run(shell, "%%agent term\nhello from a terminal")
+    assert captured.stdout.strip() == "hello from a terminal"
+    assert captured.outputs == []  # no rich displays, no widget JSON
+    assert "term · scripted:echo · turn 1" in captured.stderr  # the one-line summary
+
+
+def test_line_magic_and_errors_in_a_terminal(shell):
+    run(shell, "%%agent t2 -o out\nsaved")
+    assert shell.user_ns["out"] == "saved"
+    run(shell, "u = %agent usage t2")
+    assert shell.user_ns["u"]["agent"].tolist() == ["t2"]  # a DataFrame, as in a notebook
+    captured = run(shell, "%%agent t2 --nope\nx")
+    assert "--nope" in captured.stderr and "usage: %%agent" in captured.stderr
+
+
+def test_unload_removes_the_magics(shell):
+    shell.run_line_magic("unload_ext", "agent_magics")
+    assert "agent" not in shell.magics_manager.magics["cell"]
+    shell.run_line_magic("load_ext", "agent_magics")
+    assert "agent" in shell.magics_manager.magics["cell"]
