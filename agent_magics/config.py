@@ -106,6 +106,10 @@ class AgentConfig:
     temperature: float | None = None
     max_output_tokens: int | None = None
     subagents: dict[str, Any] = field(default_factory=dict)
+    #: Client-side pacing for this agent's API key (shared by every handle on the key):
+    #: requests and tokens per minute. None = no pacing.
+    rpm: float | None = None
+    tpm: float | None = None
     #: Runtime-specific extras (e.g. provider SDK options); passed through untouched.
     options: dict[str, Any] = field(default_factory=dict)
 

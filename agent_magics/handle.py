@@ -276,6 +276,8 @@ class Agent:
             if self._agent_id is not None:
                 return self._agent_id
             self._validate()  # raises PolicyError / ConfigError before create_agent
+            if self.config.rpm or self.config.tpm:
+                self.quota.set_limits(rpm=self.config.rpm, tpm=self.config.tpm)
             store = self.store
             history: list[Step] = []
             if self._resume_requested and self._conversation_id:
@@ -563,7 +565,7 @@ class Agent:
             finish = a.finish or Finish()
             usage = finish.usage or UsageMetadata()
             self._record_call(turn, attempt, a, "ok", usage=usage)
-            self.quota.record_success()
+            self.quota.record_success(usage.total_tokens)
             if finish.stop_reason:
                 response.stop_reason = finish.stop_reason
             return calls, usage

@@ -11,6 +11,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -57,6 +58,12 @@ class QuotaState:
         self.total_wait_s = 0.0
         self.last_retry_after: float | None = None
         self._observers: list[Observer] = []
+        # Client-side pacing (optional): requests and tokens per minute for this key.
+        self.rpm: float | None = None
+        self.tpm: float | None = None
+        self._next_slot = 0.0  # rpm: earliest start of the next request
+        self._tokens: deque[tuple[float, int]] = deque()  # tpm: (time, tokens) in the last 60 s
+        self._token_sum = 0
 
     # -- state ----------------------------------------------------------------------------
 
@@ -79,6 +86,9 @@ class QuotaState:
                 "total_wait_s": self.total_wait_s,
                 "waiting": self._waiting,
                 "last_retry_after_s": self.last_retry_after,
+                "rpm": self.rpm,
+                "tpm": self.tpm,
+                "tokens_last_minute": self._tokens_in_window(self._clock()),
             }
 
     # -- changes --------------------------------------------------------------------------
@@ -100,13 +110,57 @@ class QuotaState:
         self._notify()
         return delay
 
-    def record_success(self) -> None:
-        """A call went through: the next hit starts the exponential sequence again."""
+    def record_success(self, tokens: int = 0) -> None:
+        """A call went through: the next hit starts the exponential sequence again.
+        ``tokens`` (the call's total) count against ``tpm`` for the next minute."""
         with self._lock:
             changed = self.consecutive_hits != 0
             self.consecutive_hits = 0
+            if tokens > 0 and self.tpm:
+                self._tokens.append((self._clock(), int(tokens)))
+                self._token_sum += int(tokens)
         if changed:
             self._notify()
+
+    def set_limits(self, *, rpm: float | None = None, tpm: float | None = None) -> None:
+        """Pace this key's requests client-side: at most ``rpm`` request starts and ``tpm``
+        tokens a minute across every handle on the key, so they stay under the provider's
+        limits instead of collecting 429s. ``None`` removes a limit."""
+        for name, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and (isinstance(value, bool) or not value > 0):
+                from .errors import ConfigError
+
+                raise ConfigError(f"{name} must be a number > 0 (or None for no limit), "
+                                  f"got {value!r}")
+        with self._lock:
+            self.rpm = float(rpm) if rpm else None
+            self.tpm = float(tpm) if tpm else None
+        self._notify()
+
+    def _tokens_in_window(self, now: float) -> int:
+        tokens = self._tokens
+        while tokens and tokens[0][0] <= now - 60.0:
+            self._token_sum -= tokens.popleft()[1]
+        return self._token_sum
+
+    def _tpm_delay(self, now: float) -> float:
+        """Seconds until the last minute's tokens drop below ``tpm`` (0 if already)."""
+        if not self.tpm or self._tokens_in_window(now) < self.tpm:
+            return 0.0
+        excess = self._token_sum - self.tpm
+        for at, n in self._tokens:
+            excess -= n
+            if excess < 0:
+                return max(0.0, at + 60.0 - now)
+        return 0.0
+
+    def _reserve_slot(self, now: float) -> float:
+        """Take the next rpm slot; returns the seconds to wait for it (0 if no rpm)."""
+        if not self.rpm:
+            return 0.0
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 60.0 / self.rpm
+        return slot - now
 
     def reset(self) -> None:
         with self._lock:
@@ -114,12 +168,22 @@ class QuotaState:
             self.consecutive_hits = 0
         self._notify()
 
+    def _delay(self, reserved: bool) -> tuple[float, bool]:
+        """(seconds to wait now, whether an rpm slot is now reserved)."""
+        with self._lock:
+            now = self._clock()
+            delay = max(self._backoff_until - now, self._tpm_delay(now), 0.0)
+            if delay > 0 or reserved:
+                return delay, reserved
+            return self._reserve_slot(now), True
+
     async def wait_for_quota(self) -> float:
-        """Sleep until no backoff is active (a hit meanwhile extends it); returns seconds waited."""
-        waited = 0.0
-        remaining = self.backoff_remaining()
+        """Sleep until this key may send: no backoff active (a hit meanwhile extends it), the
+        last minute's tokens under ``tpm``, and a free ``rpm`` slot. Returns seconds waited."""
+        remaining, reserved = self._delay(False)
         if remaining <= 0:
             return 0.0
+        waited = 0.0
         with self._lock:
             self._waiting += 1
         try:
@@ -131,7 +195,7 @@ class QuotaState:
                 waited += slept
                 with self._lock:
                     self.total_wait_s += slept
-                remaining = self.backoff_remaining()
+                remaining, reserved = self._delay(reserved)
         finally:
             with self._lock:
                 self._waiting -= 1

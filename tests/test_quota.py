@@ -144,3 +144,68 @@ def test_registry_record_success_all(registry):
 
 def test_default_registry_is_a_singleton():
     assert QuotaRegistry.default() is QuotaRegistry.default()
+
+
+# -- client-side pacing (rpm / tpm) ------------------------------------------------------------
+
+async def test_rpm_spaces_request_starts_across_callers(clock):
+    import asyncio
+
+    state = make_state(clock)
+    state.set_limits(rpm=120)  # one start every 0.5 s
+    starts = []
+
+    async def caller():
+        await state.wait_for_quota()
+        starts.append(clock.now)
+
+    await asyncio.gather(*(caller() for _ in range(4)))
+    assert sorted(starts) == [pytest.approx(1000.0 + 0.5 * i) for i in range(4)]
+    assert state.snapshot()["rpm"] == 120
+
+
+async def test_rpm_slot_is_kept_while_a_backoff_is_waited_out(clock):
+    state = make_state(clock)
+    state.set_limits(rpm=60)
+    assert await state.wait_for_quota() == 0.0  # takes the slot at t=0
+    state.record_quota_hit(5.0)
+    waited = await state.wait_for_quota()
+    assert waited == pytest.approx(5.0)  # the backoff (longer than the 1 s slot) decides
+
+
+async def test_tpm_waits_until_the_last_minutes_tokens_fall_under_the_limit(clock):
+    state = make_state(clock)
+    state.set_limits(tpm=100)
+    state.record_success(tokens=80)
+    clock.now += 10
+    state.record_success(tokens=30)  # 110 tokens in the last minute: over
+    assert state.snapshot()["tokens_last_minute"] == 110
+    waited = await state.wait_for_quota()
+    assert waited == pytest.approx(50.0)  # until the 80-token call is a minute old
+    assert state.snapshot()["tokens_last_minute"] == 30
+
+
+def test_limits_are_validated(clock):
+    from agent_magics.errors import ConfigError
+
+    state = make_state(clock)
+    for bad in (0, -5, True):
+        with pytest.raises(ConfigError, match="rpm"):
+            state.set_limits(rpm=bad)
+    state.set_limits(rpm=10)
+    state.set_limits(rpm=None)
+    assert state.rpm is None
+
+
+async def test_agents_pace_a_shared_key_from_their_config(registry, clock):
+    from agent_magics import Agent
+    from agent_magics.runtimes.scripted import ScriptedRuntime
+
+    runtime = ScriptedRuntime(quota_registry=registry)
+    a = Agent(runtime=runtime, store=":memory:", name="a", api_key="shared-key", rpm=30)
+    b = Agent(runtime=runtime, store=":memory:", name="b", api_key="shared-key")
+    await a.chat_text("one")
+    await b.chat_text("two")  # b has no rpm of its own, but the key is paced
+    await a.chat_text("three")
+    assert clock.sleeps == [pytest.approx(2.0), pytest.approx(2.0)]
+    assert a.quota is b.quota and a.quota.rpm == 30

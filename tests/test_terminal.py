@@ -47,3 +47,16 @@ def test_unload_removes_the_magics(shell):
     assert "agent" not in shell.magics_manager.magics["cell"]
     shell.run_line_magic("load_ext", "agent_magics")
     assert "agent" in shell.magics_manager.magics["cell"]
+
+
+def test_config_rpm_paces_the_keys_in_use(shell):
+    run(shell, "%%agent paced\nhi")
+    run(shell, "%agent config rpm=90 tpm=5000")
+    import agent_magics
+
+    agent = agent_magics.agents["paced"]
+    assert (agent.quota.rpm, agent.quota.tpm) == (90.0, 5000.0)
+    run(shell, "%agent config rpm=None")
+    assert agent.quota.rpm is None
+    captured = run(shell, "%agent config rpm=0")
+    assert "rpm" in captured.stderr

@@ -151,6 +151,10 @@ class AgentMagics(Magics):
     default_format = Enum(("markdown", "text", "code", "json"), "markdown", config=True,
                           help="How replies are shown.")
     show_widget = Bool(True, config=True, help="Show the status / quota widget during turns.")
+    rpm = Float(None, allow_none=True, config=True,
+                help="Client-side pacing: request starts per minute per API key (None: off).")
+    tpm = Float(None, allow_none=True, config=True,
+                help="Client-side pacing: tokens per minute per API key (None: off).")
 
     def __init__(self, shell: Any = None, **kwargs: Any):
         super().__init__(shell=shell, **kwargs)
@@ -272,6 +276,7 @@ class AgentMagics(Magics):
             else args.retries,
             "system_instructions": args.system, "temperature": args.temperature,
             "max_output_tokens": args.max_tokens, "tools": tools,
+            "rpm": self.rpm, "tpm": self.tpm,
         }
         model = args.model or self.default_model
         if model:
@@ -490,7 +495,7 @@ class AgentMagics(Magics):
         return pd.DataFrame(rows, columns=["provider", "sdk_installed", "key_env", "key_set"])
 
     _CONFIGURABLE = ("default_model", "max_quota_retries", "stream_refresh_rate", "interpolate",
-                     "store", "default_format", "show_widget")
+                     "store", "default_format", "show_widget", "rpm", "tpm")
 
     def _cmd_config(self, args: argparse.Namespace) -> None:
         if not args.settings:
@@ -507,7 +512,7 @@ class AgentMagics(Magics):
             if isinstance(trait, Int):
                 value = int(raw)
             elif isinstance(trait, Float):
-                value = float(raw)
+                value = None if raw in ("None", "") else float(raw)
             elif isinstance(trait, Bool):
                 value = raw.strip().lower() in ("1", "true", "yes", "on")
             elif raw in ("None", ""):
@@ -516,6 +521,10 @@ class AgentMagics(Magics):
                 setattr(self, key, value)
             except Exception as exc:
                 raise ConfigError(f"config {key}: {one_line(exc)}") from None
+            if key in ("rpm", "tpm"):  # pacing is per key: apply to the keys in use now
+                for agent in self.agents.values():
+                    agent.config.rpm, agent.config.tpm = self.rpm, self.tpm
+                    agent.quota.set_limits(rpm=self.rpm, tpm=self.tpm)
 
     # -- helpers --------------------------------------------------------------------------------
 
