@@ -37,6 +37,8 @@ _EXPORTS = {
     "Hooks": "hooks",
     "register_runtime": "runtimes",
     "known_providers": "runtimes",
+    "map": "fanout",
+    "amap": "fanout",
 }
 
 __all__ = [  # noqa: RUF022 (grouped as in _EXPORTS)
@@ -44,7 +46,7 @@ __all__ = [  # noqa: RUF022 (grouped as in _EXPORTS)
     "Step", "Text", "Thought", "ToolCall", "ToolResult", "AgentError", "AgentNotStarted",
     "QuotaExceeded", "BackendError", "PolicyError", "ConfigError", "ToolError", "Store", "tool",
     "ToolContext", "Hooks", "register_runtime", "known_providers", "history_df", "usage_df",
-    "agents", "load_ipython_extension", "unload_ipython_extension",
+    "agents", "load_ipython_extension", "unload_ipython_extension", "map", "amap",
 ]
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
         QuotaExceeded,
         ToolError,
     )
+    from .fanout import amap, map
     from .handle import Agent
     from .hooks import Hooks
     from .quota import QuotaRegistry, QuotaState

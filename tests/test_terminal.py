@@ -60,3 +60,15 @@ def test_config_rpm_paces_the_keys_in_use(shell):
     assert agent.quota.rpm is None
     captured = run(shell, "%agent config rpm=0")
     assert "rpm" in captured.stderr
+
+
+def test_line_magic_map(shell):
+    import pandas as pd
+
+    shell.user_ns["cities"] = pd.DataFrame({"city": ["Paris", "Rome"]})
+    run(shell, 'out = %agent map cities "Capital: {city}" -c 2')
+    out = shell.user_ns["out"]
+    assert out["reply"].tolist() == ["Capital: Paris", "Capital: Rome"]
+    assert out["status"].tolist() == ["ok", "ok"]
+    captured = run(shell, "%agent map nosuch")
+    assert "nosuch" in captured.stderr

@@ -30,7 +30,7 @@ CELL_USAGE = ("%%agent [NAME] [-m MODEL] [-s SYSTEM] [-o VAR] [-f markdown|text|
               "[--schema EXPR] [-t TOOL[,TOOL…]] [-a EXPR[,EXPR…]] [--new] [--no-stream] [--bg] "
               "[--no-interpolate] [--retries N] [--temperature T] [--max-tokens N]")
 SUBCOMMANDS = ("help", "list", "new", "history", "usage", "quota", "clear", "cancel", "wait",
-               "delete", "disconnect", "shutdown", "resume", "backends", "config")
+               "delete", "disconnect", "shutdown", "resume", "backends", "config", "map")
 LINE_USAGE = "%agent {" + "|".join(SUBCOMMANDS) + "} …"
 
 HELP = f"""agent_magics: chat with named LLM agents from notebook cells.
@@ -51,6 +51,9 @@ HELP = f"""agent_magics: chat with named LLM agents from notebook cells.
   %agent resume NAME [CONVERSATION_ID] continue a stored conversation (after a restart)
   %agent backends                      known providers and their set-up
   %agent config [key=value …]          show or change defaults (AgentMagics traits)
+  %agent map EXPR [TEMPLATE] [-c N] [-m MODEL] [--schema EXPR] [--agent NAME]
+                                       one prompt per item/row of EXPR (a list, Series or
+                                       DataFrame; TEMPLATE fills {{column}}); a DataFrame back
 """
 
 
@@ -111,6 +114,8 @@ def _line_parser() -> _Parser:
             "clear": "NAME", "cancel": "NAME", "wait": "NAME", "delete": "NAME",
             "disconnect": "NAME", "shutdown": "[NAME|--all]",
             "resume": "NAME [CONVERSATION_ID]", "config": "[key=value …]",
+            "map": "EXPR [TEMPLATE] [-m MODEL] [-s SYSTEM] [-c N] [--schema EXPR] "
+                   "[--agent NAME]",
         }.get(name, "")
         if name in ("new", "clear", "cancel", "wait", "delete", "disconnect", "resume"):
             s.add_argument("name")
@@ -126,6 +131,14 @@ def _line_parser() -> _Parser:
             s.add_argument("conversation_id", nargs="?")
         elif name == "config":
             s.add_argument("settings", nargs="*")
+        elif name == "map":
+            s.add_argument("source")
+            s.add_argument("template", nargs="?")
+            s.add_argument("-m", "--model")
+            s.add_argument("-s", "--system")
+            s.add_argument("-c", "--concurrency", type=int, default=4)
+            s.add_argument("--schema")
+            s.add_argument("--agent", dest="agent_name")
     return p
 
 
@@ -493,6 +506,28 @@ class AgentMagics(Magics):
                          "key_env": " or ".join(env) or "-",
                          "key_set": any(os.environ.get(v) for v in env) if env else None})
         return pd.DataFrame(rows, columns=["provider", "sdk_installed", "key_env", "key_set"])
+
+    def _cmd_map(self, args: argparse.Namespace) -> pd.DataFrame:
+        from ..fanout import map as fan_out
+        from .interpolate import LookupFailed, lookup
+
+        ns = self.shell.user_ns
+        try:
+            source = lookup(args.source, ns)
+            schema = lookup(args.schema, ns) if args.schema else None
+        except LookupFailed as exc:
+            raise ConfigError(f"map: {exc}") from None
+        if args.agent_name:
+            return fan_out(source, args.template, agent=self._named(args.agent_name),
+                           concurrency=args.concurrency, schema=schema)
+        config: dict[str, Any] = {"system_instructions": args.system, "store": self.store,
+                                  "max_quota_retries": self.max_quota_retries,
+                                  "rpm": self.rpm, "tpm": self.tpm}
+        model = args.model or self.default_model
+        if model:
+            config["model"] = model
+        return fan_out(source, args.template, concurrency=args.concurrency, schema=schema,
+                       **config)
 
     _CONFIGURABLE = ("default_model", "max_quota_retries", "stream_refresh_rate", "interpolate",
                      "store", "default_format", "show_widget", "rpm", "tpm")
