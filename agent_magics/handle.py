@@ -469,48 +469,56 @@ class Agent:
 
     async def _turn_body(self, parts: list[Any], response: ChatResponse, private: bool,
                          schema: Any) -> None:
-        if True:
-            self._turn += 1
-            turn = self._turn
-            response.turn = turn
-            response.conversation_id = self._conversation_id
-            self._last_response = response
-            self._cancel_reason = None
-            store = self.store
-            from .content import as_text
+        from .content import as_text
 
+        self._turn += 1
+        turn = self._turn
+        response.turn = turn
+        response.conversation_id = self._conversation_id
+        self._last_response = response
+        self._cancel_reason = None
+        store = self.store
+        user_step = store.add_step(self._conversation_id, self.name,
+                                   Step("user", "text", as_text(parts), turn=turn))
+        reply = _ReplyRecorder(self, turn)
+        try:
+            decided = await self._decide_turn(parts, turn)
+            if decided is not parts:  # a pre_turn hook rewrote the prompt: record what is sent
+                parts = decided
+                store.update_step(user_step, text=as_text(parts))
+            usage = await self._model_loop(parts, response, private, turn, reply)
+            structured = await self._structure(response, turn, reply, schema)
+            reply.close("ok")
+            response._finish(status="ok", usage=usage, structured=structured)
+            if self._hooks.has("post_turn"):
+                await self._emit("post_turn", turn=turn, result=response.partial_text())
+        except asyncio.CancelledError:
+            status = self._cancel_reason or "interrupted"
+            reply.close("interrupted")
+            response._finish(status=status, stop_reason=status)
+            raise
+        except BaseException as exc:
+            error = self._public_error(exc)
+            reply.close("error")
             store.add_step(self._conversation_id, self.name,
-                           Step("user", "text", as_text(parts), turn=turn))
-            reply = _ReplyRecorder(self, turn)
-            try:
-                await self._decide_turn(parts, turn)
-                usage = await self._model_loop(parts, response, private, turn, reply)
-                structured = await self._structure(response, turn, reply, schema)
-                reply.close("ok")
-                response._finish(status="ok", usage=usage, structured=structured)
-                if self._hooks.has("post_turn"):
-                    await self._emit("post_turn", turn=turn, result=response.partial_text())
-            except asyncio.CancelledError:
-                status = self._cancel_reason or "interrupted"
-                reply.close("interrupted")
-                response._finish(status=status, stop_reason=status)
+                           Step("system", "error", str(error), turn=turn, status="error"))
+            response._finish(status="error", error=error, stop_reason="error")
+            if not isinstance(exc, Exception):
                 raise
-            except BaseException as exc:
-                error = self._public_error(exc)
-                reply.close("error")
-                store.add_step(self._conversation_id, self.name,
-                               Step("system", "error", str(error), turn=turn, status="error"))
-                response._finish(status="error", error=error, stop_reason="error")
-                if not isinstance(exc, Exception):
-                    raise
 
-    async def _decide_turn(self, parts: list[Any], turn: int) -> None:
+    async def _decide_turn(self, parts: list[Any], turn: int) -> list[Any]:
+        """pre_turn hooks: raise PolicyError on a deny; return the (possibly new) content."""
         if not self._hooks or not self._hooks.has("pre_turn"):
-            return
+            return parts
         decision = await self._hooks.decide("pre_turn", self._hook_context("pre_turn", turn=turn,
                                                                          content=parts))
         if not decision.allowed:
             raise PolicyError(f"turn refused by a pre_turn hook: {decision.message or 'denied'}")
+        if decision.content is not None:
+            from .content import normalize
+
+            return normalize(decision.content)
+        return parts
 
     async def _model_loop(self, parts: list[Any], response: ChatResponse, private: bool,
                           turn: int, reply: _ReplyRecorder) -> UsageMetadata:

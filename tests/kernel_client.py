@@ -72,11 +72,15 @@ class Kernel:
         self.client = self.km.client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)
+        self.prompts: list[str] = []  # input() prompts the kernel showed
 
     def execute(self, code: str, timeout: float = 60.0, *, interrupt_after: float | None = None,
-                stdin: bool = False) -> Execution:
+                stdin: list[str] | None = None) -> Execution:
+        """Run ``code``; ``stdin`` answers the kernel's input() requests in order (None: the
+        frontend cannot answer, as under nbclient)."""
         start = time.monotonic()
-        msg_id = self.client.execute(code, allow_stdin=stdin)
+        answers = list(stdin or [])
+        msg_id = self.client.execute(code, allow_stdin=stdin is not None)
         messages: list[dict[str, Any]] = []
         interrupted = interrupt_after is None
         deadline = start + timeout
@@ -88,6 +92,14 @@ class Kernel:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"kernel did not finish within {timeout}s: {code[:80]!r}")
+            if stdin is not None:
+                try:
+                    request = self.client.get_stdin_msg(timeout=0.001)
+                except queue.Empty:
+                    pass
+                else:
+                    self.prompts.append(request["content"]["prompt"])
+                    self.client.input(answers.pop(0) if answers else "")
             try:
                 msg = self.client.get_iopub_msg(timeout=min(0.05, remaining))
             except queue.Empty:

@@ -617,3 +617,98 @@ async def test_independent_cursors_replay_from_the_start(registry):
     assert await collect(response.thoughts) == [Thought("hmm")]
     assert await response.text() == "one two three"
     assert response.stop_reason == "stop"
+
+
+# -- hooks on the handle -----------------------------------------------------------------------
+
+async def test_hooks_run_in_order_and_can_rewrite_deny_and_replace(make, runtime):
+    from agent_magics.hooks import Allow, Deny, Hooks
+
+    events = []
+    hooks = Hooks()
+
+    @hooks.pre_turn
+    def shout(ctx):
+        events.append(("pre_turn", ctx.turn))
+        return Allow(content=ctx.content[0].text.upper())
+
+    @hooks.pre_tool_call
+    def double(ctx):
+        events.append(("pre_tool_call", ctx.call.name))
+        return Allow(args={"a": ctx.call.args["a"] * 2, "b": ctx.call.args["b"]})
+
+    @hooks.post_tool_call
+    def after(ctx):
+        events.append(("post_tool_call", ctx.result))
+
+    @hooks.post_turn
+    def done(ctx):
+        events.append(("post_turn", ctx.result))
+
+    agent = make(Reply("", tool_calls=[ToolCall("add", {"a": 2, "b": 3})]), "seven",
+                 tools=[add], hooks=hooks)
+    assert await agent.chat_text("add please") == "seven"
+    assert runtime.calls[0].prompt == "ADD PLEASE"  # the rewritten prompt was sent
+    assert runtime.calls[1].content[0].result == 7  # 2*2 + 3: arguments were modified
+    assert events == [("pre_turn", 1), ("pre_tool_call", "add"), ("post_tool_call", 7),
+                      ("post_turn", "seven")]
+    assert agent.history_df().query("role == 'user'").text.tolist() == ["ADD PLEASE"]
+
+    denying = Hooks(pre_turn=lambda ctx: Deny("not on Sundays"))
+    blocked = make(name="blocked", hooks=denying)
+    with pytest.raises(PolicyError, match="not on Sundays"):
+        await blocked.chat_text("hi")
+    assert blocked.usage_df().empty  # no model call was made
+
+
+async def test_a_failing_hook_does_not_corrupt_the_conversation(make):
+    def broken(ctx):
+        raise RuntimeError("hook bug")
+
+    agent = make("first", "second", hooks={"post_turn": broken, "on_session_start": broken})
+    assert await agent.chat_text("one") == "first"
+    assert await agent.chat_text("two") == "second"
+    assert [s.text for s in agent.history] == ["one", "first", "two", "second"]
+
+
+async def test_on_tool_error_replaces_the_error_text(make, runtime):
+    def fails() -> str:
+        raise RuntimeError("secret internals")
+
+    agent = make(Reply("", tool_calls=[ToolCall("fails", {})]), "ok", tools=[fails],
+                 hooks={"on_tool_error": lambda ctx: "the tool is unavailable right now"})
+    await agent.chat_text("go")
+    result = runtime.calls[1].content[0]
+    assert result.is_error and result.text == "the tool is unavailable right now"
+
+
+async def test_a_denying_pre_tool_call_hook_refuses_the_call(make, runtime):
+    from agent_magics.hooks import Deny
+
+    ran = []
+
+    def act() -> str:
+        ran.append(1)
+        return "acted"
+
+    agent = make(Reply("", tool_calls=[ToolCall("act", {})]), "ok", tools=[act],
+                 hooks={"pre_tool_call": lambda ctx: Deny("read-only today")})
+    await agent.chat_text("go")
+    assert ran == []
+    assert "read-only today" in runtime.calls[1].content[0].text
+
+
+async def test_write_tools_need_a_policy(make, runtime):
+    from agent_magics.tools import tool
+
+    @tool(write=True)
+    def wipe() -> str:
+        """Erase everything."""
+        return "gone"
+
+    agent = make(tools=[wipe])
+    with pytest.raises(PolicyError, match="wipe"):
+        await agent.start()
+    assert runtime.created == []
+    allowed = make(name="ok", tools=[wipe], policies=[allow("wipe")])
+    await allowed.start()

@@ -183,6 +183,61 @@ agents['tools'] = Agent(name='tools', runtime=ScriptedRuntime(
     assert value(kernel, "agents['tools'].runtime.calls[1].content[0].result") == "'MainThread'"
 
 
+APPROVAL_SETUP = """
+from agent_magics.policies import ask_user
+removed = []
+def remove(path: str) -> str:
+    \"\"\"Delete a file.\"\"\"
+    removed.append(path)
+    return f"removed {{path}}"
+agents['{name}'] = Agent(name='{name}', policies=[ask_user('remove')], tools=[remove],
+    runtime=ScriptedRuntime([Reply('', tool_calls=[ToolCall('remove', {{'path': 'a.txt'}})]),
+                             'finished']))
+"""
+
+
+def test_ask_user_approves_through_stdin(kernel):
+    kernel.execute(APPROVAL_SETUP.format(name="ask_yes"))
+    kernel.prompts.clear()
+    result = kernel.execute("%%agent ask_yes\ntidy up", stdin=["y"])
+    assert result.ok, result.errors
+    assert len(kernel.prompts) == 1 and "remove" in kernel.prompts[0]
+    assert value(kernel, "removed") == "['a.txt']"
+    assert value(kernel, "agents['ask_yes'].runtime.calls[1].content[0].result") == \
+        "'removed a.txt'"
+
+
+def test_ask_user_without_stdin_denies_with_a_clear_message(kernel):
+    kernel.execute(APPROVAL_SETUP.format(name="ask_none"))
+    kernel.execute("removed.clear()")
+    result = kernel.execute("%%agent ask_none\ntidy up")  # like nbclient: no stdin
+    assert result.ok, result.errors
+    assert "cannot ask" in result.stderr and "allow('remove')" in result.stderr
+    assert value(kernel, "removed") == "[]"
+    denied = value(kernel, "agents['ask_none'].runtime.calls[1].content[0].text")
+    assert "denied" in denied
+    kinds = value(kernel, "agents['ask_none'].history_df().query('kind == \"tool_result\"')"
+                          ".status.tolist()")
+    assert kinds == "['denied']"
+
+
+def test_async_notebook_tools_run_on_the_kernel_loop(kernel):
+    kernel.execute("""
+import asyncio
+kernel_loop = asyncio.get_running_loop()
+async def fetch(n: int) -> str:
+    \"\"\"Await something on the notebook's own loop.\"\"\"
+    await asyncio.sleep(0.01)
+    return f"{n} on kernel loop: {asyncio.get_running_loop() is kernel_loop}"
+agents['async_tools'] = Agent(name='async_tools', runtime=ScriptedRuntime(
+    [Reply('', tool_calls=[ToolCall('fetch', {'n': '7'})]), 'done']))
+""")
+    result = kernel.execute("%%agent async_tools -t fetch\ngo")
+    assert result.ok, result.errors
+    assert value(kernel, "agents['async_tools'].runtime.calls[1].content[0].result") == \
+        "'7 on kernel loop: True'"
+
+
 def test_line_magic_dataframes(kernel):
     kernel.execute("%%agent frames\nhello")
     kernel.execute("df = %agent usage frames")
