@@ -597,11 +597,8 @@ class Agent:
                     push_text(text)
                     push_item(event)
                     keep_text(text)
-                    if response._waiters:
-                        response._wake()
-                    changed = response.changed
-                    if changed is not None and not changed.is_set():
-                        changed.set()
+                    if response._waiters or response.changed is not None:
+                        response._signal()
                     n_text += 1
                     if n_text == 1 or not n_text % 256:
                         if a.ttft is None:

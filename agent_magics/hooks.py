@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._util import callable_name
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -149,14 +150,6 @@ class HookOutcome:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def _hook_name(fn: Any) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    if name is None:
-        func = getattr(fn, "func", None)  # functools.partial
-        name = getattr(func, "__qualname__", None) or type(fn).__name__
-    return str(name)
-
 
 def _takes_context(fn: Any) -> bool:
     """False only for hooks that clearly accept no arguments at all."""
@@ -326,7 +319,7 @@ class Hooks:
         return sum(len(fns) for fns in self._hooks.values())
 
     def __repr__(self) -> str:
-        parts = [f"{event}=[{', '.join(_hook_name(f) for f, _ in fns)}]"
+        parts = [f"{event}=[{', '.join(callable_name(f) for f, _ in fns)}]"
                  for event, fns in self._hooks.items() if fns]
         return f"Hooks({', '.join(parts)})"
 
@@ -364,7 +357,7 @@ class Hooks:
         new_content: Any = None
         content_changed = False
         for fn, takes_ctx in list(self._hooks[event]):
-            name = _hook_name(fn)
+            name = callable_name(fn)
             try:
                 value = await self._run(fn, takes_ctx, ctx, runner)
             except Exception as exc:
@@ -404,7 +397,7 @@ class Hooks:
             raise _unknown_event(event, "hooks")
         outcomes: list[HookOutcome] = []
         for fn, takes_ctx in list(self._hooks[event]):
-            name = _hook_name(fn)
+            name = callable_name(fn)
             try:
                 value = await self._run(fn, takes_ctx, ctx, runner)
             except Exception as exc:
@@ -423,7 +416,7 @@ class Hooks:
         text = default
         ctx.extra["error_text"] = text
         for fn, takes_ctx in list(self._hooks["on_tool_error"]):
-            name = _hook_name(fn)
+            name = callable_name(fn)
             try:
                 value = await self._run(fn, takes_ctx, ctx, runner)
             except Exception as exc:

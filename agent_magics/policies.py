@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ._util import callable_name
 from .errors import PolicyError
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class PolicyRule:
         func = "ask_user" if self.action == "ask" else self.action
         parts = [repr(self.pattern)]
         if self.handler is not None:
-            parts.append(f"handler={_callable_name(self.handler)}")
+            parts.append(f"handler={callable_name(self.handler)}")
         if self.writes is not None:
             parts.append(f"writes={self.writes!r}")
         if self.reason:
@@ -226,14 +227,6 @@ class PolicyDecision:
         return self.action == "deny"
 
 
-def _callable_name(fn: Any) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    if name is None:
-        func = getattr(fn, "func", None)  # functools.partial
-        name = getattr(func, "__qualname__", None) or type(fn).__name__
-    return str(name)
-
-
 def _approved(value: Any) -> bool:
     """Interpret a handler's answer: ``True``, a yes-like string or an object whose
     ``allowed`` is True approve; anything else (``None``, numbers, unclear text) is a no."""
@@ -311,7 +304,7 @@ class PolicySet:
             try:
                 produced = element()
             except Exception as exc:  # a preset that needs arguments, e.g. a user wrapper
-                raise PolicyError(f"{where}: preset {_callable_name(element)} failed: "
+                raise PolicyError(f"{where}: preset {callable_name(element)} failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
             cls._flatten(produced, where, out)
         elif isinstance(element, str):
@@ -320,7 +313,7 @@ class PolicySet:
                 f"allow({element!r}), deny({element!r}) or ask_user({element!r})")
         elif callable(element):
             raise PolicyError(
-                f"{where}: {_callable_name(element)} is a callable, not a policy rule or preset; "
+                f"{where}: {callable_name(element)} is a callable, not a policy rule or preset; "
                 "to decide by code use ask_user('*', handler=fn) or a pre_tool_call hook")
         else:
             raise PolicyError(
@@ -404,7 +397,7 @@ class PolicySet:
         handler = rule.handler if rule is not None and rule.handler is not None else asker
         if handler is None:
             return PolicyDecision("deny", rule, f"tool {call.name!r} {NO_ASKER_REASON}")
-        who = _callable_name(handler)
+        who = callable_name(handler)
         try:
             answer = await _call(handler, call, runner=runner)
         except Exception as exc:

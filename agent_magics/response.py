@@ -124,15 +124,11 @@ class ChatResponse:
         """Add a batch; ``texts`` are its Text chunks' strings (the caller has them already)."""
         self._texts.extend(texts)
         self._items.extend(chunks)
-        if self._waiters:
-            self._wake()
-        changed = self.changed
-        if changed is not None and not changed.is_set():
-            changed.set()
+        self._signal()
 
-    def _push_text(self, chunk: Text) -> None:
-        self._texts.append(chunk.text)
-        self._items.append(chunk)
+    def _signal(self) -> None:
+        """Wake cursors waiting for more, and a polling display (``changed``). The handle's
+        one-chunk hot path inlines this."""
         if self._waiters:
             self._wake()
         changed = self.changed
