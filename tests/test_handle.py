@@ -712,3 +712,12 @@ async def test_write_tools_need_a_policy(make, runtime):
     assert runtime.created == []
     allowed = make(name="ok", tools=[wipe], policies=[allow("wipe")])
     await allowed.start()
+
+
+async def test_recording_can_be_switched_off(runtime):
+    agent = Agent(runtime=runtime, store=False)
+    assert await agent.chat_text("not kept") == "not kept"
+    history = agent.history_df()
+    assert history["text"].tolist() == ["not kept", "not kept"]
+    assert agent.usage_df().empty and list(agent.usage_df().columns)[:2] == ["agent",
+                                                                             "conversation_id"]
