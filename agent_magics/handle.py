@@ -487,7 +487,8 @@ class Agent:
                 parts = decided
                 store.update_step(user_step, text=as_text(parts))
             usage = await self._model_loop(parts, response, private, turn, reply)
-            structured = await self._structure(response, turn, reply, schema)
+            structured, repair_usage = await self._structure(response, turn, reply, schema)
+            usage = usage + repair_usage
             reply.close("ok")
             response._finish(status="ok", usage=usage, structured=structured)
             if self._hooks.has("post_turn"):
@@ -569,6 +570,7 @@ class Agent:
                         f"attempt(s); retry in {retry_after:g}s or raise max_quota_retries",
                         retry_after=retry_after) from exc
                 self.quota.record_quota_hit(retry_after)
+                response.retries += 1
                 continue
             finish = a.finish or Finish()
             usage = finish.usage or UsageMetadata()
@@ -718,23 +720,28 @@ class Agent:
     # -- structured output ----------------------------------------------------------------------
 
     async def _structure(self, response: ChatResponse, turn: int, reply: _ReplyRecorder,
-                         schema: Any) -> Any:
+                         schema: Any) -> tuple[Any, UsageMetadata]:
+        """(validated output, usage of a repair call). One repair call when the reply does not
+        validate; its text then becomes the reply's text (the first stays in the stream)."""
         from .response import _UNSET
 
         if schema is None:
-            return _UNSET
+            return _UNSET, UsageMetadata()
         text = response.partial_text()
         try:
-            return schema.validate(text)
+            return schema.validate(text), UsageMetadata()
         except Exception as first:
             from .content import TextPart
 
             repair = [TextPart(schema.repair_prompt(first))]
+            response._extend([Text("\n\n")], [])  # keep the two replies apart on screen
             mark = response._mark()
-            await self._call_with_retry(repair, response, True, turn, reply)
+            reply.flush_text()
+            _, usage = await self._call_with_retry(repair, response, True, turn, reply)
             new_text = response.text_since(mark)
+            response._text_from = mark[1]  # text() is the repaired reply
             try:
-                return schema.validate(new_text)
+                return schema.validate(new_text), usage
             except Exception as second:
                 raise BackendError(
                     f"the reply does not match the {schema.name} schema after one repair "

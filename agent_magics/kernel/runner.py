@@ -39,24 +39,12 @@ def summary_line(agent: Agent, response: ChatResponse) -> str:
     usage = response.usage
     if usage:
         parts.append(f"{usage.input_tokens} in / {usage.output_tokens} out tokens")
-    retries = response.attempts - 1 - _tool_rounds(response)
+    retries = response.retries
     if retries > 0:
         parts.append(f"{retries} quota retr{'y' if retries == 1 else 'ies'}")
     if response.status not in ("ok", "error"):
         parts.append(response.status)
     return " · ".join(parts)
-
-
-def _tool_rounds(response: ChatResponse) -> int:
-    """Model calls that answered tool results (they count as attempts, not as retries)."""
-    items = response._items
-    rounds, in_results = 0, False
-    for chunk in items:
-        is_result = type(chunk) is ToolResult
-        if is_result and not in_results:
-            rounds += 1
-        in_results = is_result
-    return rounds
 
 
 class TurnRunner:
