@@ -37,15 +37,23 @@ class AgentNotStarted(AgentError):
 class QuotaExceeded(AgentError):
     """The provider refused the call for quota / rate-limit reasons.
 
-    ``retry_after`` is the server's hint in seconds (or the 2.0 s default).
+    ``retry_after`` is the server's hint in seconds (or the 2.0 s default). ``retryable`` is
+    False for quota that waiting does not restore (an account out of credit): the handle then
+    raises at once, with this message, instead of retrying.
     """
 
-    def __init__(self, message: str = "", retry_after: float | None = None):
+    def __init__(self, message: str = "", retry_after: float | None = None, *,
+                 retryable: bool = True):
         self.retry_after = float(DEFAULT_RETRY_AFTER if retry_after is None else retry_after)
+        self.retryable = retryable
         super().__init__(message or f"quota exceeded; retry in {self.retry_after:g}s")
 
-    def __reduce__(self):  # keep retry_after through pickling / copying
-        return (type(self), (str(self), self.retry_after))
+    def __reduce__(self):  # keep retry_after and retryable through pickling / copying
+        return (_rebuild_quota_exceeded, (str(self), self.retry_after, self.retryable))
+
+
+def _rebuild_quota_exceeded(message: str, retry_after: float, retryable: bool) -> QuotaExceeded:
+    return QuotaExceeded(message, retry_after, retryable=retryable)
 
 
 class BackendError(AgentError):

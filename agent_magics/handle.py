@@ -554,7 +554,7 @@ class Agent:
                 raise
             except Exception as exc:
                 retry_after = quota_retry_after(exc)
-                retryable = retry_after is not None and (
+                retryable = retry_after is not None and getattr(exc, "retryable", True) and (
                     a.published == 0 or (private and a.text_chunks == 0))
                 if not retryable:
                     self._record_call(turn, attempt, a, "quota" if retry_after is not None
@@ -565,9 +565,11 @@ class Agent:
                     response._truncate(mark)  # nobody saw the aborted attempt's chunks
                     reply.rollback()
                 if attempt == max_retries:
+                    said = scrub_secrets(str(exc)).strip().splitlines()
                     raise QuotaExceeded(
                         f"quota exceeded for {self.config.model} after {attempt + 1} "
-                        f"attempt(s); retry in {retry_after:g}s or raise max_quota_retries",
+                        f"attempt(s){': ' + said[0][:200] if said else ''}; retry in "
+                        f"{retry_after:g}s or raise max_quota_retries",
                         retry_after=retry_after) from exc
                 self.quota.record_quota_hit(retry_after)
                 response.retries += 1

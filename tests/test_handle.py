@@ -89,6 +89,20 @@ async def test_quota_errors_are_recognised_with_the_default_retry_after(make, ru
     assert usage["retry_after_s"].iloc[0] == pytest.approx(2.0)
 
 
+async def test_unretryable_quota_errors_are_raised_at_once_with_their_message(make, runtime):
+    out_of_credit = QuotaExceeded("account out of credit: add credit", retry_after=1,
+                                  retryable=False)
+    agent = make(out_of_credit, "never", max_quota_retries=3)
+    with pytest.raises(QuotaExceeded, match="add credit") as info:
+        await agent.chat_text("hi")
+    assert info.value.retryable is False
+    assert len(runtime.calls) == 1
+    assert agent.usage_df()["status"].tolist() == ["quota"]
+    import pickle
+
+    assert pickle.loads(pickle.dumps(info.value)).retryable is False
+
+
 async def test_server_retry_after_is_used(make, clock):
     agent = make(RuntimeError("429 Please try again in 9s"), "ok")
     assert await agent.chat_text("hi") == "ok"

@@ -492,7 +492,8 @@ class AgentMagics(Magics):
         from ..config import KEY_ENV_VARS
         from ..runtimes import known_providers
 
-        sdks = {"gemini": "google.genai", "openai": "openai", "anthropic": "anthropic",
+        sdks = {"gemini": "google.genai", "openai": "openai", "ollama": "openai",
+                "vllm": "openai", "lmstudio": "openai", "anthropic": "anthropic",
                 "antigravity": "google.antigravity"}
         rows = []
         import os

@@ -28,6 +28,12 @@ Factory = Callable[["AgentConfig"], "Runtime"]
 # provider -> "module:attribute" of its factory (lazy import).
 _BUILTIN: dict[str, str] = {
     "scripted": "agent_magics.runtimes.scripted:from_model",
+    "gemini": "agent_magics.runtimes.gemini:from_model",
+    "openai": "agent_magics.runtimes.openai:from_model",
+    "ollama": "agent_magics.runtimes.openai:from_model",
+    "vllm": "agent_magics.runtimes.openai:from_model",
+    "lmstudio": "agent_magics.runtimes.openai:from_model",
+    "anthropic": "agent_magics.runtimes.anthropic:from_model",
 }
 
 _registered: dict[str, Factory] = {}
