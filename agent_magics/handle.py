@@ -74,10 +74,12 @@ def _open_store(store: Any) -> Any:
 class _Attempt:
     """Measurements of one model call, for the usage record."""
 
-    __slots__ = ("finish", "published", "started", "t0", "text_chunks", "ttft", "waited")
+    __slots__ = ("finish", "published", "quota_t0", "started", "t0", "text_chunks", "ttft",
+                 "waited")
 
-    def __init__(self, waited: float):
+    def __init__(self, waited: float, quota_t0: float):
         self.waited = waited
+        self.quota_t0 = quota_t0  # start on the quota state's clock (burst detection)
         self.started = utcnow()
         self.t0 = time.perf_counter()
         self.ttft: float | None = None
@@ -545,7 +547,7 @@ class Agent:
         for attempt in range(max_retries + 1):
             waited = await self.quota.wait_for_quota()
             response.attempts += 1
-            a = _Attempt(waited)
+            a = _Attempt(waited, self.quota.now())
             mark = response._mark()
             try:
                 calls = await self._stream_once(content, response, a, reply)
@@ -571,7 +573,7 @@ class Agent:
                         f"attempt(s){': ' + said[0][:200] if said else ''}; retry in "
                         f"{retry_after:g}s or raise max_quota_retries",
                         retry_after=retry_after) from exc
-                self.quota.record_quota_hit(retry_after)
+                self.quota.record_quota_hit(retry_after, started_at=a.quota_t0)
                 response.retries += 1
                 continue
             finish = a.finish or Finish()

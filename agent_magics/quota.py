@@ -62,6 +62,7 @@ class QuotaState:
         self.rpm: float | None = None
         self.tpm: float | None = None
         self._next_slot = 0.0  # rpm: earliest start of the next request
+        self._last_hit_at = float("-inf")
         self._tokens: deque[tuple[float, int]] = deque()  # tpm: (time, tokens) in the last 60 s
         self._token_sum = 0
 
@@ -98,15 +99,31 @@ class QuotaState:
         exponential = min(2.0 ** (max(consecutive_hits, 1) - 1), MAX_BACKOFF_S)
         return max(float(retry_after), exponential)
 
-    def record_quota_hit(self, retry_after: float) -> float:
-        """Back this key off; returns the delay chosen (seconds from now)."""
+    def now(self) -> float:
+        """The state's clock (pass it back as ``record_quota_hit(started_at=...)``)."""
+        return self._clock()
+
+    def record_quota_hit(self, retry_after: float, *, started_at: float | None = None) -> float:
+        """Back this key off; returns the delay chosen (seconds from now).
+
+        ``started_at`` (the refused call's start on :meth:`now`'s clock) tells one burst from
+        a sequence: calls that were already in flight when an earlier hit was recorded do not
+        escalate the exponential backoff again (sixteen concurrent calls refused together are
+        one hit's worth of evidence, not sixteen); they still extend the backoff at the current
+        level. Without ``started_at`` every hit counts, as in the seed.
+        """
         with self._lock:
-            self.consecutive_hits += 1
+            now = self._clock()
+            same_burst = started_at is not None and started_at < self._last_hit_at \
+                and self.consecutive_hits > 0
+            if not same_burst:
+                self.consecutive_hits += 1
+            self._last_hit_at = now
             self.total_hits += 1
             self.last_retry_after = float(retry_after)
             base = self.backoff_for(retry_after, self.consecutive_hits)
             delay = base + max(0.0, min(self._jitter(base), MAX_JITTER_S))
-            self._backoff_until = max(self._backoff_until, self._clock() + delay)
+            self._backoff_until = max(self._backoff_until, now + delay)
         self._notify()
         return delay
 

@@ -209,3 +209,24 @@ async def test_agents_pace_a_shared_key_from_their_config(registry, clock):
     await a.chat_text("three")
     assert clock.sleeps == [pytest.approx(2.0), pytest.approx(2.0)]
     assert a.quota is b.quota and a.quota.rpm == 30
+
+
+def test_hits_from_one_burst_do_not_escalate_the_backoff(clock):
+    state = make_state(clock)
+    started = state.now()  # sixteen calls leave together...
+    clock.now += 0.1
+    delays = [state.record_quota_hit(0.5, started_at=started) for _ in range(16)]
+    assert state.consecutive_hits == 1  # ...and are refused together: one hit's worth
+    assert state.total_hits == 16
+    assert delays == [pytest.approx(1.0)] * 16
+    clock.now += 1.0
+    retried = state.now()  # a call made after the backoff began is new evidence
+    clock.now += 0.1
+    assert state.record_quota_hit(0.5, started_at=retried) == pytest.approx(2.0)
+    assert state.consecutive_hits == 2
+
+
+def test_without_a_start_time_every_hit_escalates(clock):
+    state = make_state(clock)
+    assert [state.record_quota_hit(0.0) for _ in range(3)] == \
+        [pytest.approx(1.0), pytest.approx(2.0), pytest.approx(4.0)]
