@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("google.genai")
 
 from servers import gemini as g
-from servers.base import Fault, Reply, WireServer
+from servers.base import Fault, Reply, WireServer, wire_dir
 
 from agent_magics import Agent, AgentConfig, QuotaRegistry
 from agent_magics.content import Audio, Document, Image
@@ -25,7 +25,7 @@ from agent_magics.types import Finish, Text, Thought
 
 KEY = "test-key-gemini-0123456789abcdef"
 MODEL = "gemini-2.5-flash"
-WIRE = Path(__file__).resolve().parents[2] / "shared" / "wire" / "gemini"
+WIRE = wire_dir("gemini")
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 
@@ -349,9 +349,20 @@ async def test_rejected_key_is_a_config_error(api, server, make, reply):
     with pytest.raises(ConfigError) as info:
         await agent.chat_text("hi")
     message = str(info.value)
-    assert "gemini rejected the API key" in message and "GEMINI_API_KEY" in message
+    assert "gemini rejected the API key" in message and "api_key passed in" in message
     assert KEY not in message and "\n" not in message
     assert len(server.requests) == 1
+
+
+async def test_rejected_key_from_the_environment_names_the_variables(api, make, monkeypatch):
+    monkeypatch.setenv("GEMINI_API_KEY", "AIzaSyD-env-key-0123456789abcdefghijklmno")
+    api.add(g.api_key_invalid())
+    agent = make(api_key=None)
+    with pytest.raises(ConfigError) as info:
+        await agent.chat_text("hi")
+    message = str(info.value)
+    assert "check GEMINI_API_KEY or GOOGLE_API_KEY" in message
+    assert "AIzaSyD-env-key" not in message
 
 
 async def test_wrong_key_against_the_server_key_list(server, make):

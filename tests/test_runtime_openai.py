@@ -8,7 +8,6 @@ Every test drives ``openai.AsyncOpenAI`` over HTTP on 127.0.0.1 (tests/servers/o
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -33,7 +32,7 @@ from agent_magics.runtimes.openai import (
     retry_after_for,
 )
 from agent_magics.types import Step, Text, Thought, ToolCall, ToolResult
-from tests.servers.base import Fault, Reply, WireServer
+from tests.servers.base import Fault, Reply, WireServer, wire_dir
 from tests.servers.openai import (
     MODEL,
     Call,
@@ -49,11 +48,7 @@ from tests.servers.openai import (
 
 KEY = "test-key-sekrit-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
-# shared/ sits beside the checkout (CI, developers); AGENT_MAGICS_WIRE_DIR overrides
-WIRE = next((d / "openai" for d in (
-    Path(os.environ.get("AGENT_MAGICS_WIRE_DIR", ROOT / "missing")),
-    ROOT.parent / "shared" / "wire", Path("/work/shared/wire")) if (d / "openai").is_dir()),
-    ROOT / "missing")
+WIRE = wire_dir("openai")
 PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00"
        b"\x00\x00\x1f\x15\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05"
        b"\x18\xd8N\x00\x00\x00\x00IEND\xaeB`\x82")

@@ -150,7 +150,8 @@ def map_error(exc: BaseException, config: AgentConfig) -> BaseException:
             r.startswith("API_KEY_") for r in reasons) or (
             code == 400 and "api key" in (exc.message or "").lower())
         if key_rejected:
-            return ConfigError(f"gemini rejected the API key ({what}): check {_key_vars(config)}"
+            where = "the api_key passed in" if config.api_key else _key_vars(config)
+            return ConfigError(f"gemini rejected the API key ({what}): check {where}"
                                f"{google_said}")
         if code == 404 or status == "NOT_FOUND":
             return ConfigError(f"gemini model {model!r} was not found ({what}): check the model "

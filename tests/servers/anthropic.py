@@ -27,10 +27,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
-from .base import Recorded, Reply, WireServer, sse
+from .base import Recorded, Reply, WireServer, sse, wire_dir
 
 __all__ = ["DEFAULT_KEY", "WIRE_DIR", "AnthropicServer", "Turn", "error_reply",
            "load_recording", "overloaded", "rate_limited", "recording_route"]
@@ -38,7 +37,7 @@ __all__ = ["DEFAULT_KEY", "WIRE_DIR", "AnthropicServer", "Turn", "error_reply",
 DEFAULT_KEY = "sk-ant-api03-test-key-anthropic-0123456789"
 SSE_TYPE = "text/event-stream; charset=utf-8"
 #: real recordings (another project's cassettes), beside the repository, never inside it
-WIRE_DIR = Path(__file__).resolve().parents[3] / "shared" / "wire" / "anthropic"
+WIRE_DIR = wire_dir("anthropic")
 
 _ids = itertools.count(1)
 

@@ -10,15 +10,17 @@ case after ``max_lifetime`` seconds, and every read and write has a socket timeo
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Fault", "Recorded", "Reply", "TokenBucket", "WireServer"]
+__all__ = ["Fault", "Recorded", "Reply", "TokenBucket", "WireServer", "wire_dir"]
 
 
 @dataclass
@@ -233,3 +235,12 @@ def sse(events: Iterable[tuple[str | None, Any]]) -> list[bytes]:
         head = f"event: {name}\n" if name else ""
         out.append(f"{head}data: {data}\n\n".encode())
     return out
+
+
+def wire_dir(provider: str) -> Path:
+    """Where the shared recorded exchanges of ``provider`` are: ``../shared/wire/<provider>``
+    beside the checkout (as developers and CI have it), or under ``$AGENT_MAGICS_WIRE_DIR``.
+    The path may not exist: tests that read it skip then."""
+    override = os.environ.get("AGENT_MAGICS_WIRE_DIR")
+    root = Path(override) if override else Path(__file__).resolve().parents[3] / "shared" / "wire"
+    return root / provider
