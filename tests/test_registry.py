@@ -65,3 +65,21 @@ def test_unknown_provider():
     with pytest.raises(ConfigError) as info:
         registry.runtime_for(AgentConfig(model="nope:x"))
     assert "scripted" in str(info.value) and "nope" in str(info.value)
+
+
+def test_record_environment_variable_wraps_new_runtimes(tmp_path, monkeypatch):
+    from agent_magics.runtimes.replay import RecordingRuntime
+
+    cassette = tmp_path / "all.jsonl"
+    monkeypatch.setenv(registry.RECORD_ENV, str(cassette))
+    registry.clear_cache()
+    try:
+        agent = Agent(model="scripted:echo", store=":memory:")
+        assert isinstance(agent.runtime, RecordingRuntime)
+        assert agent.ask("keep me") == "keep me"
+        assert "keep me" in cassette.read_text()
+        replayed = Agent(model=f"replay:{cassette}", store=":memory:")
+        assert replayed.ask("keep me") == "keep me"
+    finally:
+        monkeypatch.delenv(registry.RECORD_ENV)
+        registry.clear_cache()

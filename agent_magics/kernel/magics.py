@@ -180,7 +180,8 @@ class AgentMagics(Magics):
         except RuntimeError:
             kernel_loop = None
         self.main = MainThread(kernel_loop)
-        self.runs: dict[str, TurnRunner] = {}
+        #: Background (--bg) turns still being shown, per agent name.
+        self.background: dict[str, list[TurnRunner]] = {}
         self._cell = _cell_parser()
         self._line = _line_parser()
 
@@ -226,7 +227,6 @@ class AgentMagics(Magics):
         agent = self._get_agent(args.name, args, new=args.new)
         fmt = args.fmt or self.default_format
         terminal = not _in_kernel(self.shell)
-        previous = self.runs.get(agent.name)
 
         def done(run: TurnRunner) -> None:
             """``-o VAR``: the structured output with --schema, parsed JSON with -f json
@@ -251,11 +251,11 @@ class AgentMagics(Magics):
                             terminal=terminal, widget=self.show_widget and not terminal,
                             on_done=done)
         runner.start()
-        self.runs[agent.name] = runner
         if args.bg:
+            running = [r for r in self.background.get(agent.name, []) if not r.finished.is_set()]
+            self.background[agent.name] = [*running, runner]
             runner.run_in_background()
             return
-        del previous
         response = runner.wait()
         if response.error is not None and not isinstance(response.error, AgentError):
             raise response.error  # unexpected: a normal traceback
@@ -439,15 +439,12 @@ class AgentMagics(Magics):
         run_sync(self._named(args.name).cancel())
 
     def _cmd_wait(self, args: argparse.Namespace) -> None:
+        """Block until every background turn of NAME has finished and been shown."""
         self._named(args.name)
-        run = self.runs.get(args.name)
-        if run is None:
-            return
-        if run._thread is None:  # a foreground turn has already finished
-            return
-        response = run.wait_background()
-        if response.error is not None and not isinstance(response.error, AgentError):
-            raise response.error
+        for run in self.background.pop(args.name, []):
+            response = run.wait_background()
+            if response.error is not None and not isinstance(response.error, AgentError):
+                raise response.error
 
     def _stop(self, name: str, how: str) -> None:
         from ..loop import run_sync

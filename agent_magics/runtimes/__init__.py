@@ -9,6 +9,7 @@ Runtimes are shared per (provider, base_url), so handles on one backend share it
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["ENTRY_POINT_GROUP", "known_providers", "register_runtime", "runtime_for"]
 
 ENTRY_POINT_GROUP = "agent_magics.runtimes"
+#: Set to a file path to record every model call of new runtimes into that cassette
+#: (``replay:PATH`` plays it back offline).
+RECORD_ENV = "AGENT_MAGICS_RECORD"
 
 Factory = Callable[["AgentConfig"], "Runtime"]
 
@@ -34,6 +38,7 @@ _BUILTIN: dict[str, str] = {
     "vllm": "agent_magics.runtimes.openai:from_model",
     "lmstudio": "agent_magics.runtimes.openai:from_model",
     "anthropic": "agent_magics.runtimes.anthropic:from_model",
+    "replay": "agent_magics.runtimes.replay:from_model",
 }
 
 _registered: dict[str, Factory] = {}
@@ -88,6 +93,11 @@ def runtime_for(config: AgentConfig) -> Runtime:
     factory = _factory(provider)
     # An entry point may name a Runtime class (built with no arguments) or a factory.
     created = factory() if isinstance(factory, type) else factory(config)
+    cassette = os.environ.get(RECORD_ENV)
+    if cassette and provider != "replay":  # record every call of this process's runtimes
+        from .replay import RecordingRuntime
+
+        created = RecordingRuntime(created, cassette, append=True)
     with _lock:
         return _cache.setdefault(key, created)
 
