@@ -19,6 +19,7 @@ __all__ = [
     "PolicyError",
     "QuotaExceeded",
     "ToolError",
+    "error_line",
     "quota_retry_after",
 ]
 
@@ -85,6 +86,13 @@ class ToolError(AgentError):
 
 class ContentError(AgentError, ValueError):
     """Content that cannot be sent: unsupported type or MIME type, or too large."""
+
+
+def error_line(exc: BaseException) -> str:
+    """An error as one line people can act on: its type and the first line of its text."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 # -- recognising quota errors from any backend ------------------------------------------------

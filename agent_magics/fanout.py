@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import AgentError, ConfigError, QuotaExceeded
+from .errors import AgentError, ConfigError, QuotaExceeded, error_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -128,7 +128,7 @@ async def _run(prompts: Any, template: str | None, *, agent: Agent | None, concu
             except QuotaExceeded as exc:
                 row.update(status="quota", error=f"QuotaExceeded: {exc}")
             except Exception as exc:  # recorded per row, never raised
-                row.update(status="error", error=f"{type(exc).__name__}: {exc}")
+                row.update(status="error", error=error_line(exc))
             finally:
                 usage = child.total_usage
                 row.update(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,

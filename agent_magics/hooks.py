@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._util import callable_name
-from .errors import ConfigError
+from .errors import ConfigError, error_line
 
 if TYPE_CHECKING:
     from .types import ToolCall
@@ -169,11 +169,6 @@ def _unknown_event(event: Any, where: str) -> ConfigError:
             hint = f" (did you mean {close[0]!r}?)"
     return ConfigError(f"{where}: unknown hook event {event!r}{hint}; "
                        f"known events: {', '.join(EVENTS)}")
-
-
-def _exc_text(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # -- the registry -------------------------------------------------------------------------------
@@ -361,8 +356,8 @@ class Hooks:
             try:
                 value = await self._run(fn, takes_ctx, ctx, runner)
             except Exception as exc:
-                logger.warning("%s hook %s failed; denying: %s", event, name, _exc_text(exc))
-                return HookDecision(False, f"hook {name} failed: {_exc_text(exc)}", hook=name)
+                logger.warning("%s hook %s failed; denying: %s", event, name, error_line(exc))
+                return HookDecision(False, f"hook {name} failed: {error_line(exc)}", hook=name)
             if value is None or value is True:
                 continue
             if value is False:
@@ -401,7 +396,7 @@ class Hooks:
             try:
                 value = await self._run(fn, takes_ctx, ctx, runner)
             except Exception as exc:
-                logger.warning("%s hook %s failed: %s", event, name, _exc_text(exc),
+                logger.warning("%s hook %s failed: %s", event, name, error_line(exc),
                                exc_info=exc)
                 outcomes.append(HookOutcome(name, None, exc))
             else:
@@ -420,7 +415,7 @@ class Hooks:
             try:
                 value = await self._run(fn, takes_ctx, ctx, runner)
             except Exception as exc:
-                logger.warning("on_tool_error hook %s failed: %s", name, _exc_text(exc),
+                logger.warning("on_tool_error hook %s failed: %s", name, error_line(exc),
                                exc_info=exc)
                 continue
             if isinstance(value, str):

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from traitlets import Bool, Enum, Float, Int, Unicode
 
-from ..errors import AgentError, ConfigError
-from .runner import TurnRunner, one_line
+from ..errors import AgentError, ConfigError, error_line
+from .runner import TurnRunner
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -196,7 +196,7 @@ class AgentMagics(Magics):
         except _ArgError as exc:
             self._usage_error(exc, "%%agent")
         except AgentError as exc:
-            print(one_line(exc), file=sys.stderr)
+            print(error_line(exc), file=sys.stderr)
 
     def _turn(self, args: argparse.Namespace, cell: str) -> None:
         from .interpolate import LookupFailed, interpolate, lookup
@@ -369,7 +369,7 @@ class AgentMagics(Magics):
         except _ArgError as exc:
             self._usage_error(exc, "%agent")
         except AgentError as exc:
-            print(one_line(exc), file=sys.stderr)
+            print(error_line(exc), file=sys.stderr)
         return None
 
     def _named(self, name: str) -> Agent:
@@ -553,7 +553,7 @@ class AgentMagics(Magics):
             try:
                 setattr(self, key, value)
             except Exception as exc:
-                raise ConfigError(f"config {key}: {one_line(exc)}") from None
+                raise ConfigError(f"config {key}: {error_line(exc)}") from None
             if key in ("rpm", "tpm"):  # pacing is per key: apply to the keys in use now
                 for agent in self.agents.values():
                     agent.config.rpm, agent.config.tpm = self.rpm, self.tpm

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import error_line
 from ..loop import background_loop, run_sync
 from ..types import Text, ToolCall, ToolResult
 
@@ -192,7 +193,7 @@ class TurnRunner:
         response = self.response
         try:
             if response.error is not None:
-                self.view.fail(one_line(response.error))
+                self.view.fail(error_line(response.error))
             else:
                 self.view.finish(response, turn=response.turn,
                                  conversation_id=response.conversation_id,
@@ -209,9 +210,3 @@ class TurnRunner:
             self.widget.close(summary)
         elif self.view.terminal:  # a terminal gets the summary line, not status chatter
             print(summary, file=sys.stderr)
-
-
-def one_line(exc: BaseException) -> str:
-    """An error as one line people can act on (type name and the first line of its text)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
