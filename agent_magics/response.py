@@ -258,6 +258,17 @@ class ChatResponse:
         if asyncio.iscoroutine(result):
             await result
 
+    def __str__(self) -> str:
+        """The reply text so far (``agent.last_response`` reads like the text it carries)."""
+        return self.partial_text()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):  # the seed's last_response is the reply text
+            return self.partial_text() == other
+        return self is other
+
+    __hash__ = object.__hash__
+
     def __repr__(self) -> str:
         return (f"<ChatResponse agent={self.agent!r} turn={self.turn} status={self.status} "
                 f"chunks={len(self._items)}>")

@@ -447,6 +447,8 @@ async def test_history_turns_and_usage(make):
     assert agent.total_usage == UsageMetadata.of(9, 3)
     assert agent.last_turn_usage == UsageMetadata.of(6, 1)
     assert agent.last_text == "Bye"
+    assert agent.last_response == "Bye" and str(agent.last_response) == "Bye"
+    assert await agent.last_response.text() == "Bye"
     agent.clear_history()
     assert agent.history == []
 
