@@ -39,6 +39,7 @@ _BUILTIN: dict[str, str] = {
     "lmstudio": "agent_magics.runtimes.openai:from_model",
     "anthropic": "agent_magics.runtimes.anthropic:from_model",
     "replay": "agent_magics.runtimes.replay:from_model",
+    "antigravity": "agent_magics.runtimes.antigravity:from_model",
 }
 
 _registered: dict[str, Factory] = {}
