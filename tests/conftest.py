@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fakes import FakeClock
 
 
 @pytest.fixture(autouse=True)
@@ -13,21 +14,6 @@ def _isolated_home(tmp_path_factory, monkeypatch):
                 "AGENT_MAGICS_MODEL"):
         monkeypatch.delenv(var, raising=False)
     return home
-
-
-class FakeClock:
-    """Injected time for QuotaState: ``sleep`` advances the clock instead of waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture

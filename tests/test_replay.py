@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+from fakes import FakeClock
 from pydantic import BaseModel
 
 from agent_magics import Agent, QuotaRegistry
@@ -32,23 +33,8 @@ SECRET_SHAPES = re.compile(
     rb"sk-[A-Za-z0-9_\-]{16,}|AIza[0-9A-Za-z_\-]{30,}|(?i:bearer)\s+[A-Za-z0-9._\-]{16,}")
 
 
-class Clock:
-    """Injected time for the quota registry: sleeping advances it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-def fake_registry() -> tuple[QuotaRegistry, Clock]:
-    clock = Clock()
+def fake_registry() -> tuple[QuotaRegistry, FakeClock]:
+    clock = FakeClock()
     return QuotaRegistry(clock=clock, sleep=clock.sleep, jitter=lambda base: 0.0), clock
 
 
