@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import sys
 import time
 from email.utils import formatdate
@@ -469,15 +468,6 @@ async def test_missing_sdk_message(server, make, monkeypatch):
         await agent.start()
     assert str(info.value) == ("the gemini runtime needs the google-genai package: "
                                "pip install 'agent_magics[gemini]'")
-
-
-def test_importing_the_module_does_not_import_the_sdk():
-    code = ("import sys, agent_magics.runtimes.gemini as m; "
-            "assert 'google.genai' not in sys.modules, 'SDK imported'; print(m.PROVIDER)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "gemini"
 
 
 async def test_registry_builds_a_gemini_runtime(server):
