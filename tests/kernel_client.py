@@ -112,8 +112,17 @@ class Kernel:
                 idle = msg["content"]["execution_state"] == "idle"
                 continue
             messages.append(msg)
-        reply = self.client.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
-        return Execution(reply, messages, time.monotonic() - start)
+        return Execution(self._reply_to(msg_id, deadline), messages, time.monotonic() - start)
+
+    def _reply_to(self, msg_id: str, deadline: float) -> dict[str, Any]:
+        """The shell reply to ``msg_id``. Others are skipped: wait_for_ready re-sends
+        kernel_info_request every second, so a slow start leaves extra kernel_info_replies
+        queued, and taking the next reply blindly would pair each execute with the previous
+        one's reply."""
+        while True:
+            reply = self.client.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply
 
     def restart(self) -> None:
         self.client.stop_channels()

@@ -45,6 +45,14 @@ def value(kernel, expression):
     return result.result_text()
 
 
+def test_each_execute_gets_its_own_reply_even_with_stray_replies_queued(kernel):
+    # a slow kernel start leaves extra kernel_info_replies on the shell channel
+    kernel.client.kernel_info()
+    result = kernel.execute("raise ValueError('mine')")
+    assert not result.ok and result.reply["content"]["evalue"] == "mine"
+    assert kernel.execute("1 + 1").result_text() == "2"
+
+
 def test_cell_magic_streams_and_leaves_a_plain_final_bundle(kernel):
     result = kernel.execute("%%agent first\nHello there, agent!")
     assert result.ok, result.errors
