@@ -222,7 +222,7 @@ class Agent:
 
     @property
     def is_idle(self) -> bool:
-        busy = any(not t.done() for t in self._tasks)
+        busy = any(not t.done() for t in list(self._tasks))  # list(): read from any thread
         return not busy and (self._agent_id is None or self._runtime.is_idle(self._agent_id))
 
     @property
@@ -292,7 +292,12 @@ class Agent:
                                       parent=self.parent.name if self.parent else None)
             self._turn = max(store.next_turn(self._conversation_id) - 1,
                              max((s.turn for s in history), default=0))
-            agent_id = await self._runtime.create_agent(self.config, history=history)
+            from .runtime import create_kwargs
+
+            agent_id = await self._runtime.create_agent(
+                self.config, history=history,
+                **create_kwargs(self._runtime, self._conversation_id,
+                                getattr(store, "path", None)))
             self._agent_id = agent_id
             self._history_snapshot = []
             await self._emit("on_session_start")

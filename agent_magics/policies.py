@@ -162,8 +162,10 @@ def ask_user(pattern: str = "*", handler: Callable[[ToolCall], Any] | None = Non
              writes: bool | None = None) -> PolicyRule:
     """Ask before running tools matching ``pattern``.
 
-    ``handler(call) -> bool`` (sync or async) decides; ``None`` asks through the notebook's
-    approval prompt (or denies when nobody can be asked).
+    ``handler(call) -> bool`` (sync or async) decides; ``None`` asks the person through the
+    notebook's approval prompt: Allow / Deny buttons in the running ``%%agent`` cell where the
+    frontend can answer them (JupyterLab, Notebook 7; ipykernel >= 7.4), else an ``input()``
+    prompt, else (no stdin, e.g. nbclient) the call is denied with a one-line note.
     """
     return PolicyRule("ask", pattern, handler=handler, writes=writes)
 

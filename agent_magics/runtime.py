@@ -40,7 +40,7 @@ from .types import (
     utcnow,
 )
 
-__all__ = ["BaseRuntime", "Conversation", "Runtime"]
+__all__ = ["BaseRuntime", "Conversation", "Runtime", "create_kwargs"]
 
 
 @runtime_checkable
@@ -51,6 +51,10 @@ class Runtime(Protocol):
 
     async def create_agent(self, config: AgentConfig, *, agent_id: str | None = None,
                            history: Sequence[Step] = ()) -> str: ...
+    # Optional: ``create_agent(..., conversation_id=..., store_dir=...)`` also receives the
+    # handle's conversation id and store folder when its signature takes them (see
+    # :func:`create_kwargs`); runtimes that keep conversations on their side (antigravity)
+    # keep their saved state there, keyed by the id.
     def chat(self, agent_id: str, content: Sequence[Any]) -> AsyncIterator[Event | list]: ...
     async def send(self, agent_id: str, content: Sequence[Any]) -> None: ...
     async def cancel(self, agent_id: str) -> None: ...
@@ -78,6 +82,10 @@ class Conversation:
     agent_id: str
     config: AgentConfig
     steps: list[Step] = field(default_factory=list)
+    #: the handle's conversation id (None when the caller gave none)
+    conversation_id: str | None = None
+    #: the folder of the handle's store file (None: in memory, no store, or not given)
+    store_dir: str | None = None
     turns: int = 0
     total_usage: UsageMetadata = field(default_factory=UsageMetadata)
     last_turn_usage: UsageMetadata = field(default_factory=UsageMetadata)
@@ -104,6 +112,27 @@ class Conversation:
         if self._wakeup is None:
             self._wakeup = asyncio.Event()
         return self._wakeup
+
+
+def create_kwargs(runtime: Any, conversation_id: str | None,
+                  store_path: str | None = None) -> dict[str, Any]:
+    """The optional ``create_agent`` keywords ``runtime`` accepts: ``conversation_id`` (the
+    handle's) and ``store_dir`` (the folder of the handle's store file; None for an in-memory
+    store). A runtime written against the seed's signature gets neither and keeps working."""
+    import inspect
+    import os
+
+    try:
+        params = inspect.signature(runtime.create_agent).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    names = {p.name for p in params}
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params)
+    store_dir = None
+    if store_path and store_path != ":memory:":
+        store_dir = os.path.dirname(os.path.abspath(store_path))
+    offered = {"conversation_id": conversation_id, "store_dir": store_dir}
+    return {k: v for k, v in offered.items() if open_ended or k in names}
 
 
 def _is_tool_results(content: Sequence[Any]) -> bool:
@@ -152,9 +181,11 @@ class BaseRuntime:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def create_agent(self, config: AgentConfig, *, agent_id: str | None = None,
-                           history: Sequence[Step] = ()) -> str:
+                           history: Sequence[Step] = (), conversation_id: str | None = None,
+                           store_dir: str | None = None) -> str:
         agent_id = agent_id or uuid.uuid4().hex
-        conv = Conversation(agent_id, config, steps=list(history))
+        conv = Conversation(agent_id, config, steps=list(history),
+                            conversation_id=conversation_id, store_dir=store_dir)
         conv.turns = max((s.turn for s in conv.steps), default=0)
         await self._create(conv)
         self._conversations[agent_id] = conv

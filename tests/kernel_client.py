@@ -6,10 +6,13 @@ import os
 import queue
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_client.manager import KernelManager
+
+_COMM_TYPES = ("comm_open", "comm_msg", "comm_close")
 
 
 @dataclass
@@ -73,6 +76,9 @@ class Kernel:
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)
         self.prompts: list[str] = []  # input() prompts the kernel showed
+        #: Every comm_open / comm_msg / comm_close seen on iopub, whatever its parent (a
+        #: kernel thread's messages carry the latest request's), in arrival order.
+        self.comm_messages: list[dict[str, Any]] = []
 
     def execute(self, code: str, timeout: float = 60.0, *, interrupt_after: float | None = None,
                 stdin: list[str] | None = None) -> Execution:
@@ -104,6 +110,8 @@ class Kernel:
                 msg = self.client.get_iopub_msg(timeout=min(0.05, remaining))
             except queue.Empty:
                 continue
+            if msg["msg_type"] in _COMM_TYPES:
+                self.comm_messages.append(msg)
             if msg["parent_header"].get("msg_id") != msg_id:
                 if msg["msg_type"] in ("update_display_data",):
                     messages.append(msg)  # updates from --bg threads may carry another parent
@@ -123,6 +131,38 @@ class Kernel:
             reply = self.client.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
             if reply["parent_header"].get("msg_id") == msg_id:
                 return reply
+
+    def pump(self, seconds: float, until: Any = None) -> list[dict[str, Any]]:
+        """Read iopub for up to ``seconds`` (outside an execute), keeping comm messages;
+        stops early once ``until(msg)`` is true for one. Returns the comm messages read."""
+        start = len(self.comm_messages)
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                msg = self.client.get_iopub_msg(timeout=min(0.05, remaining))
+            except queue.Empty:
+                continue
+            if msg["msg_type"] in _COMM_TYPES:
+                self.comm_messages.append(msg)
+                if until is not None and until(msg):
+                    break
+        return self.comm_messages[start:]
+
+    def comm_open(self, target_name: str, data: dict[str, Any] | None = None) -> str:
+        """Open a comm from this client, as a frontend does; returns its comm_id."""
+        comm_id = uuid.uuid4().hex
+        self._shell_send("comm_open", {"comm_id": comm_id, "target_name": target_name,
+                                       "data": data or {}})
+        return comm_id
+
+    def comm_send(self, comm_id: str, data: dict[str, Any]) -> None:
+        self._shell_send("comm_msg", {"comm_id": comm_id, "data": data})
+
+    def comm_close(self, comm_id: str) -> None:
+        self._shell_send("comm_close", {"comm_id": comm_id, "data": {}})
+
+    def _shell_send(self, msg_type: str, content: dict[str, Any]) -> None:
+        self.client.shell_channel.send(self.client.session.msg(msg_type, content))
 
     def restart(self) -> None:
         self.client.stop_channels()

@@ -7,20 +7,33 @@ the Authorization header the test server insists on. Quota waits run on the inje
 
 from __future__ import annotations
 
+import base64
 import gc
+import json
 import os
+import struct
 import time
+import zlib
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("google.antigravity")
+
+from pydantic import BaseModel  # a dependency of the SDK
 
 from agent_magics import Agent
 from agent_magics.errors import BackendError, ConfigError, PolicyError, QuotaExceeded
 from agent_magics.loop import run_sync
 from agent_magics.policies import allow, deny
 from agent_magics.runtimes import _BUILTIN
-from agent_magics.runtimes.antigravity import AntigravityRuntime, map_error
+from agent_magics.runtimes.antigravity import (
+    AntigravityRuntime,
+    harness_conversation_id,
+    map_error,
+    state_dir,
+    state_root,
+)
 from tests.servers.base import Fault, WireServer
 from tests.servers.openai import MODEL, Call, ChatServer, Turn, rate_limited, server_error
 
@@ -79,10 +92,10 @@ def server(chat):
 def make(server, registry):
     agents = []
 
-    def make(**config):
+    def make(store=":memory:", **config):
         config.setdefault("base_url", server.url + "/v1")
         runtime = AntigravityRuntime(quota_registry=registry)
-        agent = Agent(model=f"antigravity:{MODEL}", runtime=runtime, store=":memory:", **config)
+        agent = Agent(model=f"antigravity:{MODEL}", runtime=runtime, store=store, **config)
         agents.append(agent)
         return agent
 
@@ -95,6 +108,11 @@ def make(server, registry):
 def user_texts(body) -> list[str]:
     return [m["content"] if isinstance(m["content"], str) else str(m["content"])
             for m in body["messages"] if m["role"] == "user"]
+
+
+def tool_outputs(body) -> dict[str, str]:
+    """What the harness sent back for each tool call id (it wraps results in a JSON block)."""
+    return {m["tool_call_id"]: str(m["content"]) for m in body["messages"] if m["role"] == "tool"}
 
 
 def test_registered():
@@ -140,6 +158,21 @@ async def test_429_is_retried_in_a_fresh_session(chat, server, make, clock):
     assert df["status"].tolist() == ["quota", "ok"]
     assert df["retry_after_s"].iloc[0] == pytest.approx(1.0)
     assert len(harness_children()) == 1  # the dead session's harness was ended
+
+
+async def test_a_retried_message_is_in_the_harness_history_once(chat, server, make, clock):
+    chat.add(Turn("first"), Turn("second"), Turn("third"))
+    agent = make(store=None)
+    for prompt in ("one", "two"):
+        server.inject(Fault(reply=rate_limited(try_again="1s")))  # each turn fails once
+        assert await agent.chat_text(prompt)
+    assert await agent.chat_text("three") == "third"
+    users = user_texts(chat.bodies[-1])
+    assert [sum(word in u for u in users) for word in ("one", "two", "three")] == [1, 1, 1]
+    roles = [m["role"] for m in chat.bodies[-1]["messages"][1:]]
+    assert roles == ["user", "assistant"] * 2 + ["user"]
+    save = Path(state_dir(agent.conversation_id)) / "save"
+    assert not list(save.glob("*.before-turn"))  # the per-turn snapshot is not left behind
 
 
 async def test_429_exhausting_retries_raises_quota_exceeded(server, make, clock):
@@ -210,6 +243,121 @@ async def test_policy_denies_a_tool(chat, make):
     assert result_msgs and "denied" in str(result_msgs[-1]["content"])
 
 
+async def test_tool_calls_are_run_and_recorded_by_the_handle(chat, make):
+    chat.add(Turn("", calls=[Call("add", {"a": 2, "b": 3}, id="c1"),
+                             Call("add", {"a": 10, "b": 20}, id="c2")]), Turn("5 and 30."))
+    agent = make(tools=[add])
+    assert await agent.chat_text("2+3 and 10+20?") == "5 and 30."
+    assert len(chat.bodies) == 2  # both results went back in one follow-up request
+    results = tool_outputs(chat.bodies[1])
+    assert '"result": "5"' in results["c1"] and '"result": "30"' in results["c2"]
+    kinds = [(s.kind, s.tool_name) for s in agent.history if s.kind.startswith("tool")]
+    assert sorted(kinds) == [("tool_call", "add")] * 2 + [("tool_result", "add")] * 2
+    df = agent.history_df()
+    assert sorted(df[df.kind == "tool_result"].text.tolist()) == ["30", "5"]
+
+
+async def test_tool_hooks_and_ask_user_apply_to_harness_tool_calls(chat, make):
+    from agent_magics.hooks import Allow, Hooks
+    from agent_magics.policies import ask_user
+
+    hooks, seen, asked = Hooks(), [], []
+
+    @hooks.pre_tool_call
+    def double_a(ctx):
+        if ctx.tool_name == "add":
+            return Allow(args={**ctx.args, "a": ctx.args["a"] * 2})
+        return None
+
+    @hooks.post_tool_call
+    def note(ctx):
+        seen.append((ctx.call.args, ctx.result))
+
+    @hooks.on_tool_error
+    def explain(ctx):
+        return f"boom handled: {ctx.error}"
+
+    def explode() -> str:
+        """Always fails."""
+        raise RuntimeError("kaput")
+
+    def approve(call):
+        asked.append(call.name)
+        return True
+
+    chat.add(Turn("", calls=[Call("add", {"a": 2, "b": 3}, id="c1"),
+                             Call("explode", {}, id="c2")]), Turn("ok"))
+    agent = make(tools=[add, explode], hooks=hooks, policies=[ask_user("add", approve)])
+    assert await agent.chat_text("go") == "ok"
+    results = tool_outputs(chat.bodies[1])
+    assert '"result": "7"' in results["c1"]  # the hook's arguments, not the model's
+    assert "boom handled: kaput" in results["c2"]
+    assert seen == [({"a": 4, "b": 3}, 7)] and asked == ["add"]
+
+
+async def test_cancel_while_a_tool_runs_frees_the_session(chat, make):
+    import asyncio
+
+    started = asyncio.Event()
+
+    async def slow() -> str:
+        """Takes long."""
+        started.set()
+        await asyncio.sleep(30)
+        return "late"
+
+    chat.add(Turn("", calls=[Call("slow", {}, id="c1")]), Turn("next reply"))
+    agent = make(tools=[slow])
+    response = await agent.chat("go")
+    await asyncio.wait_for(started.wait(), 10)
+    await response.cancel()
+    t0 = time.monotonic()
+    assert await agent.chat_text("again") == "next reply"
+    assert time.monotonic() - t0 < 3.0
+    assert "again" in user_texts(chat.bodies[-1])[-1]
+
+
+async def test_builtin_harness_tools_pass_our_policies(chat, make, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET")
+    for policies, shown in (([deny("view_file"), allow("*")], False), (None, True)):
+        chat.add(Turn("", calls=[Call("view_file", {"AbsolutePath": str(secret)}, id="v1")]),
+                 Turn("done"))
+        agent = make(options={"builtin_tools": ["view_file"], "workspaces": [str(tmp_path)]},
+                     policies=policies)
+        assert await agent.chat_text("read it") == "done"
+        [output] = tool_outputs(chat.bodies[-1]).values()
+        assert ("TOPSECRET" in output) is shown, output
+        if not shown:
+            assert "denied" in output
+        await agent.shutdown()
+
+
+async def test_builtin_harness_tools_pass_our_tool_hooks(chat, make, tmp_path):
+    from agent_magics.hooks import Allow, Hooks
+
+    (tmp_path / "a.txt").write_text("AAA")
+    (tmp_path / "b.txt").write_text("BBB")
+    hooks, after = Hooks(), []
+
+    @hooks.pre_tool_call
+    def redirect(ctx):
+        return Allow(args={**ctx.args, "AbsolutePath": str(tmp_path / "b.txt")})
+
+    @hooks.post_tool_call
+    def note(ctx):
+        after.append((ctx.tool_name, ctx.extra.get("harness_tool")))
+
+    chat.add(Turn("", calls=[Call("view_file", {"AbsolutePath": str(tmp_path / "a.txt")},
+                                  id="v1")]), Turn("done"))
+    agent = make(options={"builtin_tools": ["view_file"], "workspaces": [str(tmp_path)]},
+                 hooks=hooks)
+    assert await agent.chat_text("read a") == "done"
+    [output] = tool_outputs(chat.bodies[-1]).values()
+    assert "BBB" in output and "AAA" not in output
+    assert after == [("view_file", True)]
+
+
 async def test_write_builtin_tools_need_a_policy(make):
     with pytest.raises(PolicyError):
         await make(options={"builtin_tools": ["run_command"]}).start()
@@ -253,3 +401,225 @@ def test_no_harness_left_after_a_started_handle_is_collected(chat, server, regis
     del agent
     gc.collect()
     assert wait_no_children() == []
+
+
+# -- cancelling, the kernel's interrupt, logging -----------------------------------------------
+
+async def test_cancel_mid_stream_halts_the_turn_and_keeps_the_session(chat, server, make):
+    chat.add(Turn(" ".join(["word"] * 200), piece_delay=0.05), Turn("after"))  # 10 s in full
+    agent = make()
+    response = await agent.chat("go")
+    seen = 0
+    async for _ in response:
+        seen += 1
+        if seen == 3:
+            break
+    await response.cancel()
+    [pid] = harness_children()
+    started = time.monotonic()
+    assert await agent.chat_text("next") == "after"
+    assert time.monotonic() - started < 3.0  # not the ~10 s the stopped stream had left
+    assert harness_children() == [pid]  # the same harness session went on
+    assert [s.status for s in agent.history if s.role == "assistant"] == ["interrupted", "ok"]
+
+
+async def test_the_harness_has_its_own_process_group(chat, make):
+    # a kernel interrupt signals the kernel's whole process group; the harness must survive it
+    assert await make().chat_text("hi")
+    [pid] = harness_children()
+    assert os.getpgid(pid) != os.getpgid(0)
+
+
+async def test_quota_errors_leave_no_sdk_log_lines(server, make, clock, caplog):
+    server.inject(Fault(reply=rate_limited(try_again="1s")))
+    with pytest.raises(QuotaExceeded):
+        await make(max_quota_retries=0).chat_text("hi")
+    assert not [r for r in caplog.records if "System step error" in r.getMessage()]
+
+
+async def test_base_url_from_the_environment(chat, server, registry, monkeypatch):
+    monkeypatch.setenv("ANTIGRAVITY_BASE_URL", server.url + "/v1")
+    chat.add(Turn("from env"))
+    agent = Agent(model=f"antigravity:{MODEL}", store=":memory:",
+                  runtime=AntigravityRuntime(quota_registry=registry))
+    try:
+        assert await agent.chat_text("hi") == "from env"
+    finally:
+        await agent.shutdown()
+
+
+# -- resume: the harness's state beside our store -------------------------------------------------
+
+async def test_harness_state_defaults_beside_the_store_per_conversation(chat, make,
+                                                                        _isolated_home):
+    agent = make(store=None)
+    assert await agent.chat_text("hi")
+    cid = agent.conversation_id
+    assert state_root() == _isolated_home / "antigravity"
+    saved = _isolated_home / "antigravity" / cid / "save"
+    assert (saved / f"{cid}.db").is_file()  # keyed by our id
+    await agent.shutdown()
+    assert saved.is_dir()  # kept: a later kernel resumes from it
+
+
+async def test_a_new_runtime_resumes_the_conversation_by_id(chat, server, make):
+    chat.add(Turn("Nice to meet you, Ada."), Turn("Your name is Ada."))
+    first = make(store=None)
+    await first.chat_text("my name is Ada")
+    cid = first.conversation_id
+    await first.shutdown()
+    second = make(store=None, conversation_id=cid)  # a fresh runtime, as after a kernel restart
+    assert await second.chat_text("what is my name?") == "Your name is Ada."
+    messages = chat.bodies[-1]["messages"]
+    assert "my name is Ada" in messages[-3]["content"]
+    assert messages[-2]["content"] == "Nice to meet you, Ada."
+
+
+async def test_odd_conversation_ids_stay_inside_the_state_root(chat, make, _isolated_home):
+    for odd in ("../../escape", "short", "a/b\\c d"):
+        hid = harness_conversation_id(odd)
+        assert len(hid) == 32 and hid.isalnum() and hid == harness_conversation_id(odd)
+        assert os.path.dirname(state_dir(odd)) == str((_isolated_home / "antigravity").resolve())
+    agent = make(store=None, conversation_id="../../escape")
+    assert await agent.chat_text("hi")
+    assert not (_isolated_home.parent / "escape").exists()
+    assert (_isolated_home / "antigravity" / harness_conversation_id("../../escape")).is_dir()
+
+
+async def test_delete_removes_the_harness_state_shutdown_keeps_it(chat, make, _isolated_home):
+    kept, deleted = make(store=None), make(store=None)
+    for agent in (kept, deleted):
+        assert await agent.chat_text("hi")
+    await kept.shutdown()
+    await deleted.delete()
+    root = _isolated_home / "antigravity"
+    assert (root / kept.conversation_id).is_dir()
+    assert not (root / deleted.conversation_id).exists()
+
+
+async def test_an_in_memory_store_keeps_no_harness_state(chat, make, _isolated_home):
+    agent = make()  # store=":memory:": nothing to resume from, so a temp folder
+    assert await agent.chat_text("hi")
+    [conv] = agent._runtime._conversations.values()
+    temp = list(conv.state.owned_dirs)
+    assert temp and all(os.path.isdir(d) for d in temp)
+    await agent.shutdown()
+    assert not (_isolated_home / "antigravity").exists()
+    assert not any(os.path.exists(d) for d in temp)
+
+
+async def test_state_goes_beside_a_custom_store(chat, make, tmp_path):
+    agent = make(store=str(tmp_path / "elsewhere" / "h.sqlite3"))
+    assert await agent.chat_text("hi")
+    assert (tmp_path / "elsewhere" / "antigravity" / agent.conversation_id / "save").is_dir()
+
+
+async def test_an_explicit_save_dir_is_used_as_given(chat, make, tmp_path, _isolated_home):
+    agent = make(options={"save_dir": str(tmp_path / "mine" / "save")})
+    assert await agent.chat_text("hi")
+    assert any((tmp_path / "mine" / "save").iterdir())
+    assert not (_isolated_home / "antigravity").exists()
+
+
+# -- structured output ----------------------------------------------------------------------------
+
+class City(BaseModel):
+    city: str
+    population_m: float
+
+
+async def test_response_schema_goes_to_the_harness_finish_tool(chat, make):
+    chat.add(Turn("", calls=[Call("finish", {"city": "Paris", "population_m": 2.1}, id="f1")]))
+    agent = make(response_schema=City)
+    response = await agent.chat("capital of France?")
+    out = await response.structured_output()
+    assert out == City(city="Paris", population_m=2.1)
+    assert agent.last_structured_output == out
+    assert json.loads(await response.text()) == {"city": "Paris", "population_m": 2.1}
+    [body] = chat.bodies  # validated at once: no repair call
+    [finish] = [t["function"] for t in body["tools"] if t["function"]["name"] == "finish"]
+    assert set(finish["parameters"]["properties"]) == {"city", "population_m"}
+
+
+async def test_response_schema_answered_in_text_is_validated(chat, make):
+    chat.add(Turn('{"city": "Rome", "population_m": 2.8}'))
+    agent = make(response_schema=City)
+    assert await (await agent.chat("capital of Italy?")).structured_output() == \
+        City(city="Rome", population_m=2.8)
+    assert len(chat.bodies) == 1
+
+
+async def test_per_turn_schema_is_repaired_through_the_harness(chat, make):
+    chat.add(Turn("It is Madrid, about 3.3 million people."),
+             Turn('{"city": "Madrid", "population_m": 3.3}'))
+    agent = make()
+    response = await agent.chat("capital of Spain?", schema=City)
+    assert await response.structured_output() == City(city="Madrid", population_m=3.3)
+    assert len(chat.bodies) == 2
+    repair = user_texts(chat.bodies[1])[-1]
+    assert "did not match the required JSON schema" in repair and "population_m" in repair
+    assert agent.usage_df()["status"].tolist() == ["ok", "ok"]
+
+
+async def test_a_reply_that_fails_the_repair_too_is_backend_error_with_the_text(chat, make):
+    chat.add(Turn("Madrid."), Turn("Still Madrid."))
+    agent = make()
+    with pytest.raises(BackendError) as info:
+        await (await agent.chat("capital of Spain?", schema=City)).structured_output()
+    assert info.value.raw_text == "Still Madrid."
+
+
+# -- attachments ----------------------------------------------------------------------------------
+
+def png_1x1() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00\x00\xff\x00")) + chunk(b"IEND", b""))
+
+
+async def test_images_reach_the_server_as_image_parts(chat, make):
+    from agent_magics.content import Document, Image
+
+    png = png_1x1()
+    chat.add(Turn("A green pixel."))
+    agent = make()
+    table = Document.from_bytes(b"city,n\nParis,2\n", "text/csv", name="t.csv")
+    reply = await agent.chat_text(["What is in the picture?", Image.from_bytes(png, name="p.png"),
+                                   table])
+    assert reply == "A green pixel."
+    [body] = chat.bodies
+    content = body["messages"][-1]["content"]
+    images = [p["image_url"]["url"] for p in content if p["type"] == "image_url"]
+    assert images == ["data:image/png;base64," + base64.b64encode(png).decode()]
+    text = " ".join(p["text"] for p in content if p["type"] == "text")
+    assert "What is in the picture?" in text
+    assert "Paris,2" in text  # a text document goes inline
+
+
+async def test_images_the_sdk_does_not_take_are_described(chat, make):
+    from agent_magics.content import Image
+
+    gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
+    agent = make()
+    await agent.chat_text(["and this?", Image.from_bytes(gif, name="a.gif")])
+    content = chat.bodies[-1]["messages"][-1]["content"]
+    assert isinstance(content, str) and "[image/gif a.gif" in content
+
+
+def test_the_conversation_id_and_store_dir_reach_runtimes_that_take_them():
+    from agent_magics.runtime import create_kwargs
+
+    class Seed:  # the seed's signature: keeps working, gets nothing new
+        async def create_agent(self, config, *, agent_id=None, history=()): ...
+
+    class Open:
+        async def create_agent(self, config, **kwargs): ...
+
+    assert create_kwargs(Seed(), "c1", "/data/h.sqlite3") == {}
+    assert create_kwargs(Open(), "c1", "/data/h.sqlite3") == \
+        {"conversation_id": "c1", "store_dir": os.path.abspath("/data")}
+    assert create_kwargs(AntigravityRuntime(), "c1", ":memory:") == \
+        {"conversation_id": "c1", "store_dir": None}

@@ -2,14 +2,25 @@
 
 Parsing is argparse over shlex, per call; a bad option is one line on stderr naming it, plus
 the usage line, never a traceback. Defaults are traitlets (``%config AgentMagics.…``).
+
+In ipykernel >= 7.4 a ``%%agent`` cell run by the frontend becomes an *async* cell (an input
+transformer rewrites it to ``await …agent_cell_async(line, body)``): the kernel then keeps
+dispatching comm messages while the turn runs -- which is what lets an ``ask_user`` policy show
+Allow / Deny buttons in the cell and hear the click. A synchronous magic cannot: the kernel reads
+comm messages only between cells (and a re-entrant run of its loop defers them, see
+``_AsyncCells``). Everywhere else (other kernels, ``%autoawait`` off, nested ``run_cell``) the
+cell stays synchronous and approvals use ``input()``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import shlex
 import sys
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -146,6 +157,94 @@ def _in_kernel(shell: Any) -> bool:
     return getattr(shell, "kernel", None) is not None
 
 
+# -- async cells --------------------------------------------------------------------------------
+
+#: The first ipykernel that dispatches comm messages while an async cell awaits
+#: (ipython/ipykernel#1565, "Allow async cell to process Comm messages", in 7.4.0).
+_COMMS_DURING_ASYNC_CELLS = (7, 4)
+_MAGIC_CALL = "get_ipython().run_cell_magic('agent', "
+
+
+def _async_cells_possible(shell: Any) -> bool:
+    """Can a cell of ``shell`` await on the kernel's loop while comm messages are handled?"""
+    if not _in_kernel(shell) or not getattr(shell, "autoawait", False):
+        return False
+    try:
+        import ipykernel
+        from IPython.core.async_helpers import _asyncio_runner
+    except Exception:
+        return False
+    version = tuple(getattr(ipykernel, "version_info", (0,))[:2])
+    return version >= _COMMS_DURING_ASYNC_CELLS and shell.loop_runner is _asyncio_runner
+
+
+class _AsyncCells:
+    """``input_transformers_post`` entry: a ``%%agent`` cell executed by the frontend becomes
+    ``await get_ipython().find_cell_magic('agent').__self__.agent_cell_async(line, body)``.
+
+    Why not keep the magic synchronous and run the kernel's loop re-entrantly
+    (nest_asyncio2) while waiting? ipykernel 7 dispatches every shell message of the main
+    shell as a task in one shared ``contextvars.Context`` (``ipykernel.utils._async_in_context``
+    wrapping ``Kernel.shell_main``), which the executing cell has entered; nest_asyncio2's
+    ``_run_once`` defers handles whose Context is already entered until the nested run ends,
+    so a click would only arrive after the cell. An awaiting async cell has left that Context,
+    and ``Kernel.shell_main`` (7.4) dispatches ``comm_msg`` concurrently with it.
+
+    The rewrite applies only when it is safe and useful: the cell is exactly one ``%%agent``
+    magic, our magics own ``%%agent``, :func:`_async_cells_possible`, on the main thread, and the
+    transform is asked for by the kernel's ``do_execute`` (not by a ``run_cell`` nested in a
+    running cell, which could not await). Anything unexpected leaves the cell untouched.
+    """
+
+    __agent_magics_async_cells__ = True
+
+    def __init__(self, shell: Any):
+        self.shell = shell
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        try:
+            rewritten = self._rewrite(lines)
+        except Exception:
+            return lines
+        return lines if rewritten is None else rewritten
+
+    def _rewrite(self, lines: list[str]) -> list[str] | None:
+        if len(lines) != 1 or not lines[0].startswith(_MAGIC_CALL):
+            return None
+        caller = sys._getframe(3)  # _rewrite <- __call__ <- transform_cell <- caller
+        if caller.f_code.co_name != "do_execute":
+            return None
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        magic = self.shell.find_cell_magic("agent")
+        if not isinstance(getattr(magic, "__self__", None), AgentMagics):
+            return None  # unloaded, or another extension's %%agent
+        if not _async_cells_possible(self.shell):
+            return None
+        call = ast.parse(lines[0]).body
+        if len(call) != 1 or not isinstance(call[0], ast.Expr) or \
+                not isinstance(call[0].value, ast.Call):
+            return None
+        args = call[0].value.args
+        if len(args) != 3 or call[0].value.keywords or \
+                not all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args):
+            return None
+        line, body = args[1].value, args[2].value
+        return [f"await get_ipython().find_cell_magic('agent').__self__"
+                f".agent_cell_async({line!r}, {body!r})\n"]
+
+
+def _install_async_cells(shell: Any) -> None:
+    """Add the :class:`_AsyncCells` transformer (replacing one from an earlier load). After
+    ``%unload_ext`` it stays but does nothing, since ``%%agent`` is no longer ours."""
+    transformers = getattr(shell, "input_transformers_post", None)
+    if transformers is None:
+        return
+    transformers[:] = [t for t in transformers
+                       if not getattr(t, "__agent_magics_async_cells__", False)]
+    transformers.append(_AsyncCells(shell))
+
+
 @magics_class
 class AgentMagics(Magics):
     """The ``%%agent`` / ``%agent`` magics. Configure with ``%config AgentMagics.<trait>``."""
@@ -168,6 +267,12 @@ class AgentMagics(Magics):
                 help="Client-side pacing: request starts per minute per API key (None: off).")
     tpm = Float(None, allow_none=True, config=True,
                 help="Client-side pacing: tokens per minute per API key (None: off).")
+    approval = Enum(
+        ("auto", "widget", "stdin"), "auto", config=True,
+        help="How ask_user policies ask: 'widget' shows Allow / Deny buttons in the cell when "
+             "the cell can await them (ipykernel >= 7.4); 'stdin' uses input(); 'auto' uses "
+             "the buttons for a notebook's cell run by a frontend that also allows stdin "
+             "(JupyterLab, Notebook 7), else input(). With neither, the call is denied.")
 
     def __init__(self, shell: Any = None, **kwargs: Any):
         super().__init__(shell=shell, **kwargs)
@@ -184,6 +289,8 @@ class AgentMagics(Magics):
         self.background: dict[str, list[TurnRunner]] = {}
         self._cell = _cell_parser()
         self._line = _line_parser()
+        if shell is not None and _in_kernel(shell):
+            _install_async_cells(shell)
 
     # -- %%agent --------------------------------------------------------------------------------
 
@@ -198,7 +305,31 @@ class AgentMagics(Magics):
         except AgentError as exc:
             print(error_line(exc), file=sys.stderr)
 
+    async def agent_cell_async(self, line: str, cell: str) -> None:
+        """``%%agent`` as an async cell (see the module docstring): the same turn, awaited on
+        the kernel's loop, so widget clicks reach the kernel while it runs."""
+        line = self.shell.var_expand(line, 1)  # as run_cell_magic does for the sync magic
+        try:
+            args = self._parse(self._cell, line)
+            started = self._start_turn(args, cell)
+            if started is not None:
+                runner, after = started
+                after(await runner.wait_async())
+        except _ArgError as exc:
+            self._usage_error(exc, "%%agent")
+        except AgentError as exc:
+            print(error_line(exc), file=sys.stderr)
+
     def _turn(self, args: argparse.Namespace, cell: str) -> None:
+        started = self._start_turn(args, cell)
+        if started is not None:
+            runner, after = started
+            after(runner.wait())
+
+    def _start_turn(self, args: argparse.Namespace, cell: str
+                    ) -> tuple[TurnRunner, Callable[[Any], None]] | None:
+        """Build and launch the turn; returns the runner to wait for and what to do with the
+        response, or None for a --bg turn (already handed to a background thread)."""
         from .interpolate import LookupFailed, interpolate, lookup
 
         ns = self.shell.user_ns
@@ -255,14 +386,17 @@ class AgentMagics(Magics):
             running = [r for r in self.background.get(agent.name, []) if not r.finished.is_set()]
             self.background[agent.name] = [*running, runner]
             runner.run_in_background()
-            return
-        response = runner.wait()
-        if response.error is not None and not isinstance(response.error, AgentError):
-            raise response.error  # unexpected: a normal traceback
-        if response.error is None and fmt == "code":
-            from .display import extract_code
+            return None
 
-            self.shell.set_next_input(extract_code(response.partial_text()), replace=False)
+        def after(response: Any) -> None:
+            if response.error is not None and not isinstance(response.error, AgentError):
+                raise response.error  # unexpected: a normal traceback
+            if response.error is None and fmt == "code":
+                from .display import extract_code
+
+                self.shell.set_next_input(extract_code(response.partial_text()), replace=False)
+
+        return runner, after
 
     # -- agents ---------------------------------------------------------------------------------
 
@@ -305,7 +439,7 @@ class AgentMagics(Magics):
         if agent.tool_runner is None:
             agent.tool_runner = self.main.run
         if agent.asker is None:
-            agent.asker = self._asker
+            agent.asker = self._asker_for(agent.name)
 
     def _apply(self, agent: Agent, args: argparse.Namespace, tools: list[Any]) -> None:
         """Per-cell options on an existing agent (the runtime reads its config each call)."""
@@ -342,14 +476,49 @@ class AgentMagics(Magics):
             tools.append(fn)
         return tools
 
-    async def _asker(self, call: Any) -> bool:
-        return await self.main.run(lambda: self._prompt(call))
+    def _asker_for(self, name: str) -> Callable[[Any], Any]:
+        """The approval asker of agent ``name`` (its sub-agents inherit it)."""
 
-    def _prompt(self, call: Any) -> bool:
+        async def ask(call: Any) -> Any:
+            return await self.main.run(lambda: self._prompt(call, name))
+
+        ask.__name__ = ask.__qualname__ = "the notebook's prompt"  # in denial reasons
+        return ask
+
+    def _prompt(self, call: Any, who: str = "agent") -> Any:
+        """Ask the person about ``call`` (main thread): Allow / Deny buttons when the cell can
+        await a click (the result is then an awaitable of the answer), else ``input()``, else
+        deny with a clear message."""
+        if self._widget_approval():
+            from .widgets import ApprovalPrompt
+
+            prompt = ApprovalPrompt(call.text, who=who)
+            if prompt.show():
+                return prompt.answer()
+        return self._prompt_stdin(call, who)
+
+    def _widget_approval(self) -> bool:
+        """Buttons need a cell awaiting on the kernel's loop; with ``approval='auto'`` also a
+        notebook frontend (its execute request names the cell, ``cellId``, as JupyterLab and
+        Notebook 7 do) that allows stdin -- nbclient (no stdin) and consoles (no cell) are
+        asked the way they can answer."""
+        if self.approval == "stdin" or not self.main.waiting_async:
+            return False
+        if self.approval == "widget":
+            return True
+        try:
+            parent = self.shell.kernel.get_parent("shell") or {}
+        except Exception:
+            return False
+        content = parent.get("content") or {}
+        metadata = parent.get("metadata") or {}
+        return bool(content.get("allow_stdin")) and bool(metadata.get("cellId"))
+
+    def _prompt_stdin(self, call: Any, who: str = "agent") -> bool:
         from IPython.core.error import StdinNotImplementedError
 
         try:
-            answer = input(f"agent wants to run {call.text}. Allow? [y/N] ")
+            answer = input(f"{who} wants to run {call.text}. Allow? [y/N] ")
         except (StdinNotImplementedError, EOFError, RuntimeError, OSError):
             print(f"{call.name}: needs approval but this frontend cannot ask (no stdin); "
                   f"denied. Allow it with policies=[allow({call.name!r})].", file=sys.stderr)
@@ -528,7 +697,7 @@ class AgentMagics(Magics):
                        **config)
 
     _CONFIGURABLE = ("default_model", "max_quota_retries", "stream_refresh_rate", "interpolate",
-                     "store", "default_format", "show_widget", "rpm", "tpm")
+                     "store", "default_format", "show_widget", "rpm", "tpm", "approval")
 
     def _cmd_config(self, args: argparse.Namespace) -> None:
         if not args.settings:
@@ -580,10 +749,17 @@ def _split(spec: str) -> list[str]:
 
 
 def load_ipython_extension(shell: Any) -> None:
-    shell.register_magics(AgentMagics(shell=shell))
+    from . import panel
+
+    magics = AgentMagics(shell=shell)
+    shell.register_magics(magics)
+    panel.install(shell, magics)  # the Agents panel's comm; a no-op without a kernel
 
 
 def unload_ipython_extension(shell: Any) -> None:
+    from . import panel
+
+    panel.uninstall()
     # IPython has no unregister; drop our magics from the table.
     for kind in ("line", "cell"):
         shell.magics_manager.magics[kind].pop("agent", None)

@@ -5,16 +5,24 @@ approval prompts, belong on the kernel's main thread: that is where notebook obj
 and the kernel's own event loop live. Work is handed over through a queue that the main thread
 drains while a magic waits (:meth:`MainThread.drain` in its polling loop) or, when the kernel is
 idle (``--bg`` turns), from a callback scheduled on the kernel's loop.
+
+A cell that waits *asynchronously* (``%%agent`` as an async cell, ipykernel >= 7.4) keeps the
+kernel's loop free, so the kernel goes on dispatching comm messages (widget clicks) meanwhile. Its
+poller enters :meth:`MainThread.async_wait` and calls :meth:`MainThread.start_pending`: plain
+work runs at once, and work that returns an awaitable (async tools, the Allow / Deny prompt)
+becomes a task on the kernel's loop -- awaited there directly, never nested.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import queue
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["MainThread"]
@@ -29,6 +37,10 @@ class MainThread:
         self._queue: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future]] = \
             queue.SimpleQueue()
         self._nested = False
+        self._async_depth = 0  # > 0 while a cell's poller awaits on the kernel loop
+        self._wake: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._orphans: list[concurrent.futures.Future] = []  # work a Stop interrupted
 
     # -- the agents' side ---------------------------------------------------------------------
 
@@ -41,12 +53,106 @@ class MainThread:
         loop = self.kernel_loop
         if loop is not None and not loop.is_closed():
             try:  # an idle kernel runs it from its own loop; a waiting magic drains it first
-                loop.call_soon_threadsafe(self.drain)
+                loop.call_soon_threadsafe(self._kick)
             except RuntimeError:
                 pass
         return await asyncio.wrap_future(future)
 
     # -- the main thread's side ---------------------------------------------------------------
+
+    @property
+    def waiting_async(self) -> bool:
+        """True while a cell waits for a turn on the kernel's loop (so comms are dispatched)."""
+        return self._async_depth > 0
+
+    @contextlib.contextmanager
+    def async_wait(self) -> Iterator[None]:
+        """Mark an async wait (main thread, on the kernel's loop): queued work wakes
+        :meth:`nap` instead of running from a loop callback."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._async_depth += 1
+        try:
+            yield
+        finally:
+            self._async_depth -= 1
+            if not self._async_depth:
+                self._wake = None
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep on the kernel's loop for up to ``seconds``; returns early when work is queued."""
+        wake = self._wake
+        if wake is None:
+            await asyncio.sleep(seconds)
+            return
+        if not wake.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError from 3.11
+                await asyncio.wait_for(wake.wait(), seconds)
+        wake.clear()
+
+    def start_pending(self) -> int:
+        """Async waits: run queued work now (main thread, on the kernel's loop); work that
+        returns an awaitable continues as a task on that loop. Returns how many items started.
+
+        In an async cell ipykernel turns the kernel's interrupt into a cancel at the cell's next
+        await, which a long synchronous tool would never reach; so while one runs, SIGINT
+        raises KeyboardInterrupt in it, as in a synchronous cell, and that is re-raised here
+        (the caller interrupts the turn) -- never handed to the agents' loop."""
+        started = 0
+        while True:
+            try:
+                fn, future = self._queue.get_nowait()
+            except queue.Empty:
+                return started
+            if not future.set_running_or_notify_cancel():
+                continue
+            started += 1
+            try:
+                with _sigint_raises():
+                    result = fn()
+            except KeyboardInterrupt:
+                self._orphans.append(future)  # settled by cancel_pending, after the turn
+                raise
+            except BaseException as exc:  # handed to the awaiting tool call, not raised here
+                future.set_exception(exc)
+                continue
+            if not inspect.isawaitable(result):
+                future.set_result(result)
+                continue
+            task = asyncio.ensure_future(_as_coroutine(result))
+            self._tasks.add(task)
+            task.add_done_callback(lambda t, f=future: self._settle(t, f))
+
+    def _settle(self, task: asyncio.Task, future: concurrent.futures.Future) -> None:
+        self._tasks.discard(task)
+        if future.done():
+            return
+        if task.cancelled():
+            future.set_exception(concurrent.futures.CancelledError())
+        elif task.exception() is not None:
+            future.set_exception(task.exception())
+        else:
+            future.set_result(task.result())
+
+    async def cancel_pending(self) -> None:
+        """Cancel the tasks :meth:`start_pending` started and wait until they have cleaned up
+        (e.g. an unanswered prompt replaced by its one-line record)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        orphans, self._orphans = self._orphans, []
+        for future in orphans:
+            if not future.done():
+                future.set_exception(concurrent.futures.CancelledError())
+
+    def _kick(self) -> None:
+        """Loop callback after work was queued: wake an async wait, else run it now."""
+        if self._async_depth and self._wake is not None:
+            self._wake.set()
+        else:
+            self.drain()
 
     def drain(self) -> int:
         """Run everything queued (main thread only); returns how many items ran."""
@@ -89,3 +195,18 @@ class MainThread:
 
 async def _as_coroutine(awaitable: Any) -> Any:
     return await awaitable
+
+
+@contextlib.contextmanager
+def _sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in the block (main thread), whatever handler is set."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    except (ValueError, OSError):  # not the main thread, or no signals here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None
+                      else signal.default_int_handler)

@@ -3,7 +3,9 @@
 The turn itself runs on the background loop; this side only polls its ChatResponse (a list
 that grows) at the refresh rate, so a fast stream costs the kernel a bounded number of display
 messages. In the foreground the polling loop runs on the main thread, which also drains the
-main-thread queue (notebook tools, approvals) and turns the kernel's interrupt into a cancel.
+main-thread queue (notebook tools, approvals) and turns the kernel's interrupt into a cancel:
+either blocking (:meth:`TurnRunner.wait`) or, in an async cell, awaiting on the kernel's loop
+(:meth:`TurnRunner.wait_async`), which leaves the kernel free to dispatch widget clicks.
 With ``--bg`` a daemon thread does the polling and the cell returns at once.
 """
 
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import error_line
 from ..loop import background_loop, run_sync
-from ..types import Text, ToolCall, ToolResult
+from .panel import turn_state  # one definition for the status widget and the Agents panel
 
 if TYPE_CHECKING:
     from ..handle import Agent
@@ -106,6 +108,25 @@ class TurnRunner:
             raise
         return response
 
+    async def wait_async(self) -> ChatResponse:
+        """Foreground in an async cell: like :meth:`wait`, but the main thread awaits on the
+        kernel's loop between refreshes, so the kernel keeps dispatching comm messages (the
+        Allow / Deny buttons). The kernel's Stop cancels the cell's task; that cancels the
+        turn, keeps its partial reply and raises KeyboardInterrupt, as :meth:`wait` does."""
+        response = self.response
+        assert response is not None
+        try:
+            with self.main.async_wait():
+                await self._poll_async(response)
+                self.main.start_pending()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            self.interrupt()  # the turn first, so a prompt cancelled next cannot end it
+            await self.main.cancel_pending()
+            raise KeyboardInterrupt from None
+        await self.main.cancel_pending()  # nothing is left once the turn is over
+        self._finish()
+        return response
+
     def run_in_background(self) -> None:
         """``--bg``: a daemon thread keeps the output updated; the cell returns now."""
         self._thread = threading.Thread(target=self._background, name="agent_magics-bg",
@@ -163,6 +184,27 @@ class TurnRunner:
                 time.sleep(self.interval if changed is None or changed.is_set()
                            else self.interval / 4)
 
+    async def _poll_async(self, response: ChatResponse) -> None:
+        """:meth:`_poll` on the kernel's loop: the same refresh pacing (a change shows at once
+        after a quiet step, at most one step per interval after a busy one), checked every
+        few milliseconds; queued main-thread work starts as soon as it arrives."""
+        changed = response.changed
+        last = -float("inf")
+        busy = False
+        tick = min(0.02, self.interval / 4)
+        while not response.done:
+            await self.main.nap(tick)
+            self.main.start_pending()
+            now = time.monotonic()
+            is_set = changed is not None and changed.is_set()
+            if now - last >= self.interval or \
+                    (is_set and now - last >= (self.interval if busy else self.interval / 4)):
+                busy = is_set
+                if changed is not None:
+                    changed.clear()
+                self._step(drain=False)
+                last = now
+
     def _step(self, drain: bool = True) -> None:
         if drain:
             self.main.drain()
@@ -177,15 +219,7 @@ class TurnRunner:
             self.widget.tick()
 
     def _current_state(self, response: ChatResponse) -> str:
-        if response.turn == 0:
-            return "queued"
-        items = response._items
-        last = type(items[-1]) if items else None
-        if last is not Text and self.agent.quota.is_backing_off:
-            return "waiting"  # before an attempt or the call after a tool round
-        if last is None:
-            return "calling"
-        return "tool" if last in (ToolCall, ToolResult) else "streaming"
+        return turn_state(response, self.agent.quota.is_backing_off)
 
     def _finish(self) -> None:
         if self.finished.is_set():

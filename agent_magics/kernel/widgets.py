@@ -1,15 +1,19 @@
-"""The status widget of a running turn and the live quota table (design.md section 5).
+"""The status widget of a running turn, the live quota table and the Allow / Deny prompt
+(design.md sections 5 and 9).
 
-Both show an ipywidgets view together with a readable ``text/plain`` line in the same
-mimebundle, and are replaced by plain text when they close, so saved notebooks, nbval and
-nbconvert show words rather than widget state. Without ipywidgets (or in a terminal) they fall
-back to short lines on ``sys.stderr``. ipywidgets and IPython are imported at first use.
+Each shows an ipywidgets view together with a readable ``text/plain`` line in the same
+mimebundle, and is replaced by plain text when it closes, so saved notebooks, nbval and
+nbconvert show words rather than widget state. Without ipywidgets (or in a terminal) the status
+and the table fall back to short lines on ``sys.stderr``; the prompt reports that it cannot show,
+and the caller asks another way. ipywidgets and IPython are imported at first use.
 
-Everything here may be called from any thread; errors inside quota observers are swallowed.
+Everything here may be called from any thread (the prompt: the kernel's main thread); errors
+inside quota observers are swallowed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import math
@@ -22,8 +26,8 @@ from typing import Any
 
 from .display import capture_parent, parent_context
 
-__all__ = ["STATES", "QuotaTable", "StatusWidget", "format_duration", "render_quota_html",
-           "render_quota_text"]
+__all__ = ["STATES", "ApprovalPrompt", "QuotaTable", "StatusWidget", "format_duration",
+           "render_quota_html", "render_quota_text"]
 
 log = logging.getLogger("agent_magics.widgets")
 
@@ -552,3 +556,137 @@ class QuotaTable:
         else:
             _display({"text/html": markup, "text/plain": render_quota_text(snaps)},
                      self._display_id, update=True, parent=self._parent)
+
+
+# -- the Allow / Deny prompt ----------------------------------------------------------------
+
+class ApprovalPrompt:
+    """Allow / Deny buttons for one tool call, shown in the running cell.
+
+    :meth:`show` displays them (False when ipywidgets cannot be used); :meth:`answer` waits on
+    the kernel's loop for a click -- the kernel dispatches the click's comm message only while
+    the cell awaits (an async cell, ipykernel >= 7.4). The buttons are then replaced, in place,
+    by one plain line recording the decision (``✓ allowed …`` / ``✗ denied …``), which is what a
+    saved notebook keeps. An interrupt while waiting records ``⏹ not answered …`` and
+    re-raises the cancellation.
+    """
+
+    def __init__(self, call_text: str, *, who: str = "agent"):
+        self.call_text = call_text
+        self.who = who
+        self.decision: bool | None = None
+        self._display_id = _new_display_id()
+        self._future: asyncio.Future | None = None
+        self._parent: dict[str, Any] | None = None
+        self._widgets: list[Any] = []
+        self._shown = False
+        self._closed = False
+
+    @property
+    def display_id(self) -> str:
+        return self._display_id
+
+    @property
+    def text(self) -> str:
+        """The question as one plain line (the ``text/plain`` of the buttons)."""
+        return (f"🔐 {self.who} wants to run {self.call_text}: "
+                "answer with the Allow / Deny buttons")
+
+    def record(self, allowed: bool | None) -> str:
+        """The one line left in the cell for a decision (None: not answered)."""
+        if allowed is None:
+            return f"⏹ not answered (interrupted): {self.call_text}"
+        return f"{'✓ allowed' if allowed else '✗ denied'} {self.call_text}"
+
+    def show(self) -> bool:
+        """Display the buttons (main thread, kernel loop running); False if impossible."""
+        if self._shown:
+            return True
+        widgets = _widgets()
+        if widgets is None:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        try:
+            question = widgets.HTML(value=(
+                f"<span>🔐 <b>{html.escape(self.who)}</b> wants to run "
+                f"<code>{html.escape(self.call_text)}</code></span>"))
+            allow = widgets.Button(description="Allow", button_style="success",
+                                   tooltip="run this tool call")
+            deny = widgets.Button(description="Deny", button_style="danger",
+                                  tooltip="refuse this tool call; the agent is told")
+            allow.on_click(lambda _button: self.decide(True))
+            deny.on_click(lambda _button: self.decide(False))
+            buttons = widgets.HBox([allow, deny])
+            box = widgets.VBox([question, buttons])
+            self._widgets = [box, buttons, question, allow, deny]
+            bundle = dict(box._repr_mimebundle_() or {})
+            bundle["text/plain"] = self.text
+            self._future = loop.create_future()
+            self._parent = capture_parent()
+            _display(bundle, self._display_id)
+        except Exception:
+            log.debug("approval prompt could not be displayed", exc_info=True)
+            self._close_widgets()
+            self._future = None
+            return False
+        self._shown = True
+        return True
+
+    def decide(self, allowed: bool) -> None:
+        """A click (or a test): resolve the prompt once; later clicks are ignored. Any thread:
+        a frontend that sends comms on a kernel subshell (ipykernel 7) clicks from there."""
+        future = self._future
+        if future is None:
+            return
+        loop = future.get_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._resolve(bool(allowed))
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._resolve, bool(allowed))
+
+    def _resolve(self, allowed: bool) -> None:
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(allowed)
+
+    async def answer(self) -> bool:
+        """Wait for a click; the buttons are then replaced by the decision's record."""
+        if not self._shown and not self.show():
+            raise RuntimeError("the approval prompt could not be shown")
+        assert self._future is not None
+        try:
+            allowed = await self._future
+        except asyncio.CancelledError:
+            self.close(None)
+            raise
+        self.close(allowed)
+        return allowed
+
+    def close(self, allowed: bool | None) -> None:
+        """Replace the buttons by the one-line record of ``allowed`` (None: not answered)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.decision = allowed
+        if self._shown:
+            try:
+                _display({"text/plain": self.record(allowed)}, self._display_id, update=True,
+                         parent=self._parent)
+            except Exception:
+                log.debug("approval prompt could not be replaced", exc_info=True)
+        self._close_widgets()
+
+    def _close_widgets(self) -> None:
+        for w in self._widgets:
+            try:
+                w.close()
+            except Exception:
+                pass
+        self._widgets = []

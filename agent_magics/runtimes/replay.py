@@ -548,8 +548,13 @@ class RecordingRuntime:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def create_agent(self, config: AgentConfig, *, agent_id: str | None = None,
-                           history: Sequence[Step] = ()) -> str:
-        agent_id = await self.inner.create_agent(config, agent_id=agent_id, history=history)
+                           history: Sequence[Step] = (), **extra: Any) -> str:
+        from ..runtime import create_kwargs
+
+        accepted = create_kwargs(self.inner, None)  # the optional keywords inner takes
+        agent_id = await self.inner.create_agent(
+            config, agent_id=agent_id, history=history,
+            **{k: v for k, v in extra.items() if k in accepted})
         self._agents[agent_id] = _AgentInfo.of(config)
         return agent_id
 

@@ -1,0 +1,254 @@
+"""The JupyterLab extension end to end: a real JupyterLab server on 127.0.0.1 and Debian's
+Chromium driven by Playwright. A notebook loads agent_magics and runs a %%agent cell whose
+scripted model answers 429 once: the Agents panel must show the agent, the quota wait with its
+countdown, then the token counts; a kernel restart empties it until the extension is loaded
+again. Screenshots of the panel are saved under test-artifacts/lab/ (AGENT_MAGICS_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("AGENT_MAGICS_ARTIFACTS", ROOT / "test-artifacts")) / "lab"
+TOKEN = "e2e-token-not-a-secret"
+
+pytestmark = pytest.mark.timeout(300)
+
+SETUP = """\
+from agent_magics import Agent, agents
+from agent_magics.errors import QuotaExceeded
+from agent_magics.runtimes.scripted import Reply, ScriptedRuntime
+agents['analyst'] = Agent(name='analyst', runtime=ScriptedRuntime(
+    [QuotaExceeded('429 rate limited', retry_after=4),
+     Reply('The mean is 42, from the two hundred rows you gave me.', delay=0.5)]))"""
+
+CELLS = ["%load_ext agent_magics", SETUP, "%%agent analyst\nWhat is the mean of the data?"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _notebook(path: Path) -> None:
+    cells = [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {},
+              "outputs": [], "source": source} for i, source in enumerate(CELLS)]
+    path.write_text(json.dumps({
+        "cells": cells, "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                    "language": "python"}},
+    }))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server the test starts and stops, with its own config, data and home."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is needed for the browser test: apt-get install chromium")
+    base = tmp_path_factory.mktemp("lab")
+    work = base / "work"
+    work.mkdir()
+    _notebook(work / "agents.ipynb")
+    # no "get notified about Jupyter news?" toast over the screenshots
+    notification = base / "settings" / "@jupyterlab" / "apputils-extension"
+    notification.mkdir(parents=True)
+    (notification / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    port = _free_port()
+    env = {**os.environ, "AGENT_MAGICS_HOME": str(base / "home"),
+           "JUPYTER_CONFIG_DIR": str(base / "config"), "JUPYTER_RUNTIME_DIR": str(base / "rt"),
+           "JUPYTERLAB_SETTINGS_DIR": str(base / "settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces")}
+    log = (base / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+         f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={work}",
+         "--ServerApp.allow_root=True", "--LabApp.news_url=",
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         "--LabApp.extension_manager=readonly"],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("JupyterLab did not start:\n" +
+                                       (base / "server.log").read_text()[-3000:]) from None
+                time.sleep(0.25)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(lab):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(30_000)
+            page.goto(f"{lab}/lab/tree/agents.ipynb?token={TOKEN}")
+            yield page
+        finally:
+            browser.close()
+
+
+def panel(page):
+    return page.locator("#agent-magics-panel")
+
+
+def shot(page, name: str) -> None:
+    panel(page).screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def wait_kernel_idle(page) -> None:
+    page.locator(".jp-Notebook").first.wait_for()
+    page.wait_for_function(
+        "() => document.querySelector('.jp-Notebook') && "
+        "!!document.querySelector('[data-status=\"idle\"].jp-Notebook-ExecutionIndicator, "
+        ".jp-Notebook-ExecutionIndicator[data-status=\"idle\"]')", timeout=60_000)
+
+
+def run_cell(page, index: int) -> None:
+    """Select cell ``index`` (command mode) and run it with Shift+Enter."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".jp-InputPrompt").click()
+    page.keyboard.press("Shift+Enter")
+
+
+def command(page, label: str) -> None:
+    page.keyboard.press("Control+Shift+C")
+    palette = page.locator(".lm-CommandPalette-input")
+    palette.fill(label)
+    page.locator(".lm-CommandPalette-item.lm-mod-active").click()
+
+
+def test_panel_follows_an_agent_through_a_quota_wait_to_its_tokens(page):
+    # The panel opens from its tab in the right sidebar.
+    page.locator('.jp-SideBar.jp-mod-right li[data-id="agent-magics-panel"]').click()
+    wait_kernel_idle(page)
+    empty = panel(page).locator('[data-testid="empty"]')
+    empty.wait_for()
+    page.wait_for_function(
+        "() => document.querySelector('#agent-magics-panel [data-testid=empty]')"
+        "?.dataset.connection === 'not-loaded'")
+    assert "%load_ext agent_magics" in empty.inner_text()
+    shot(page, "1-not-loaded")
+
+    run_cell(page, 0)  # %load_ext: the kernel opens the comm
+    panel(page).locator('[data-testid="empty"][data-connection="connected"]').wait_for()
+    assert "No agents yet" in panel(page).inner_text()
+    run_cell(page, 1)  # the scripted agent
+    card = panel(page).locator('[data-testid="agent"][data-agent="analyst"]')
+    card.wait_for()
+    assert card.get_attribute("data-status") == "idle"
+    assert "scripted" in card.inner_text()
+
+    run_cell(page, 2)  # %%agent: 429 first, the retry after ~4 s answers
+    panel(page).locator('[data-testid="agent"][data-status="waiting"]').wait_for(timeout=15_000)
+    status = card.locator('[data-testid="status"]').inner_text()
+    assert re.fullmatch(r"waiting for quota · \ds( · attempt \d/\d+)?", status), status
+    key = panel(page).locator('[data-testid="quota"]').first
+    assert "backing off" in key.inner_text() and "1 rate-limit hit" in key.inner_text()
+    shot(page, "2-waiting-for-quota")
+    # the countdown runs in the browser between kernel messages
+    first = int(re.search(r"(\d)s", status).group(1))
+    page.wait_for_function(
+        "(first) => { const s = document.querySelector("
+        "'#agent-magics-panel [data-agent=analyst] [data-testid=status]')?.textContent || '';"
+        " const m = s.match(/(\\d)s/); return !m || Number(m[1]) < first; }", arg=first)
+
+    panel(page).locator('[data-testid="agent"][data-agent="analyst"][data-status="idle"]') \
+        .wait_for(timeout=20_000)
+    tokens = card.locator('[data-testid="tokens"]').inner_text()
+    match = re.fullmatch(r"1 turn · ([\d,]+) in · ([\d,]+) out", tokens)
+    assert match and int(match.group(1).replace(",", "")) > 0 \
+        and int(match.group(2).replace(",", "")) > 0, tokens
+    assert "1 rate-limit hit" in panel(page).locator('[data-testid="quota"]').first.inner_text()
+    # the reply itself reached the notebook
+    page.locator(".jp-Notebook .jp-Cell").nth(2).get_by_text("The mean is 42").wait_for()
+    shot(page, "3-tokens-after-reply")
+
+    command(page, "JupyterLab Dark")
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
+    shot(page, "4-dark-theme")
+    command(page, "JupyterLab Light")
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'true'")
+
+
+def test_panel_empties_on_restart_and_reconnects_when_loaded_again(page):
+    command(page, "Restart Kernel")
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count():
+        dialog.locator(".jp-mod-accept").click()
+    page.wait_for_function(
+        "() => ['restarting', 'not-loaded'].includes(document.querySelector("
+        "'#agent-magics-panel [data-testid=empty]')?.dataset.connection)")
+    assert panel(page).locator('[data-testid="agent"]').count() == 0
+    page.wait_for_function(
+        "() => document.querySelector('#agent-magics-panel [data-testid=empty]')"
+        "?.dataset.connection === 'not-loaded'", timeout=30_000)
+    shot(page, "5-after-restart")
+    run_cell(page, 0)
+    panel(page).locator('[data-testid="empty"][data-connection="connected"]').wait_for()
+    run_cell(page, 1)
+    panel(page).locator('[data-testid="agent"][data-agent="analyst"][data-status="idle"]') \
+        .wait_for()
+    assert "0 turns" in panel(page).locator('[data-testid="tokens"]').inner_text()
+
+
+def test_insert_agent_cell_from_the_toolbar_gets_prose_highlighting(page):
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    before = cells.count()
+    page.locator('[data-jp-item-name="agentMagicsInsertCell"] button, '
+                 '[data-jp-item-name="agentMagicsInsertCell"]').first.click()
+    page.wait_for_function(f"() => document.querySelectorAll('.jp-Notebook .jp-Cell').length "
+                           f"> {before}")
+    cell = page.locator(".jp-Notebook .jp-Cell.jp-mod-active")
+    # the cursor waits after "%%agent ": finish the line and write prose with an apostrophe,
+    # which Python highlighting would take for the start of a string
+    page.keyboard.type("analyst")
+    page.keyboard.press("End")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.type("Summarise {df.shape[0]} rows; don't print('code') here.")
+    editor = cell.locator(".cm-content")
+    assert editor.inner_text().startswith("%%agent analyst\nSummarise")
+    assert cell.locator(".cm-agentMagic-line").count() == 1
+    assert cell.locator(".cm-agentProse").count() == 1
+    assert cell.locator(".cm-agentInterpolation").inner_text() == "{df.shape[0]}"
+    colours = cell.locator(".cm-agentProse").evaluate(
+        "line => [...line.querySelectorAll('span')]"
+        ".filter(s => !s.closest('.cm-agentInterpolation'))"
+        ".map(s => getComputedStyle(s).color).concat([getComputedStyle(line).color])")
+    assert len(colours) > 3 and len(set(colours)) == 1, colours  # no Python colours in prose
+    page.screenshot(path=str(ARTIFACTS / "6-notebook-with-agent-cell.png"))
