@@ -83,6 +83,9 @@ QUICKSTART = [
         While the reply streams, the cell shows it live together with a status line (attempt,
         tokens, quota state). When it is done, the cell keeps the reply as Markdown and a
         one-line summary: agent, model, turn number and tokens used.
+
+        In JupyterLab, the **Agents** panel (the robot icon in the right sidebar) follows every
+        agent of this kernel as it works: status, quota waits with a countdown, tokens.
     """),
     code("""
         %%agent -m scripted:echo
@@ -1185,10 +1188,12 @@ SAFETY = [
         denied: policies fail closed.)
 
         In a live notebook you can leave the handler out: `ask_user("save_note")` then asks
-        *you*, with an `input()` prompt under the cell ("agent wants to run
-        save_note({...}). Allow? [y/N]"). A run without stdin, such as this notebook under
-        nbval in CI, cannot ask, so such a call is denied with a one-line note; that is why
-        this notebook decides with a function. `confirm_writes(handler=fn)` does the same for
+        *you*: in JupyterLab or Notebook 7, **Allow** / **Deny** buttons under the running cell
+        (a click resumes the turn and the buttons become a one-line record of the decision);
+        in a console, an `input()` prompt ("clerk wants to run save_note({...}). Allow?
+        [y/N]"); `%config AgentMagics.approval = "stdin"` always uses the prompt. A run without
+        stdin, such as this notebook under nbval in CI, cannot ask, so such a call is denied
+        with a one-line note; that is why this notebook decides with a function. `confirm_writes(handler=fn)` does the same for
         every tool marked `write=True`.
     """),
     code('''
