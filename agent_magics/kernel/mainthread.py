@@ -39,6 +39,7 @@ class MainThread:
         self._nested = False
         self._async_depth = 0  # > 0 while a cell's poller awaits on the kernel loop
         self._wake: asyncio.Event | None = None
+        self._wake_loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
         self._orphans: list[concurrent.futures.Future] = []  # work a Stop interrupted
 
@@ -71,13 +72,21 @@ class MainThread:
         :meth:`nap` instead of running from a loop callback."""
         if self._wake is None:
             self._wake = asyncio.Event()
+            self._wake_loop = asyncio.get_running_loop()
         self._async_depth += 1
         try:
             yield
         finally:
             self._async_depth -= 1
             if not self._async_depth:
-                self._wake = None
+                self._wake = self._wake_loop = None
+
+    def wake_threadsafe(self) -> None:
+        """From any thread: end the current :meth:`nap` now (a reply changed)."""
+        wake, loop = self._wake, self._wake_loop
+        if wake is not None and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(wake.set)
 
     async def nap(self, seconds: float) -> None:
         """Sleep on the kernel's loop for up to ``seconds``; returns early when work is queued."""

@@ -50,6 +50,21 @@ def summary_line(agent: Agent, response: ChatResponse) -> str:
     return " · ".join(parts)
 
 
+class _WakingEvent(threading.Event):
+    """A reply's ``changed`` flag that also ends the main thread's async nap when set."""
+
+    def __init__(self, main: MainThread, previous: threading.Event | None):
+        super().__init__()
+        self._main = main
+        if previous is not None and previous.is_set():
+            super().set()
+
+    def set(self) -> None:
+        if not self.is_set():
+            super().set()
+            self._main.wake_threadsafe()
+
+
 class TurnRunner:
     """Shows one turn of ``agent`` in the current cell."""
 
@@ -186,22 +201,24 @@ class TurnRunner:
 
     async def _poll_async(self, response: ChatResponse) -> None:
         """:meth:`_poll` on the kernel's loop: the same refresh pacing (a change shows at once
-        after a quiet step, at most one step per interval after a busy one), checked every
-        few milliseconds; queued main-thread work starts as soon as it arrives."""
-        changed = response.changed
+        after a quiet step, at most one step per interval after a busy one). The nap ends
+        early when the reply changes or main-thread work is queued, so neither waits for a
+        polling tick."""
+        changed = _WakingEvent(self.main, response.changed)
+        response.changed = changed
         last = -float("inf")
         busy = False
         tick = min(0.02, self.interval / 4)
         while not response.done:
-            await self.main.nap(tick)
+            rest = (self.interval if busy else self.interval / 4) - (time.monotonic() - last)
+            await self.main.nap(max(0.0, min(tick, rest)) if changed.is_set() else tick)
             self.main.start_pending()
             now = time.monotonic()
-            is_set = changed is not None and changed.is_set()
+            is_set = changed.is_set()
             if now - last >= self.interval or \
                     (is_set and now - last >= (self.interval if busy else self.interval / 4)):
                 busy = is_set
-                if changed is not None:
-                    changed.clear()
+                changed.clear()
                 self._step(drain=False)
                 last = now
 
