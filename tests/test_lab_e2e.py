@@ -33,9 +33,13 @@ from agent_magics.errors import QuotaExceeded
 from agent_magics.runtimes.scripted import Reply, ScriptedRuntime
 agents['analyst'] = Agent(name='analyst', runtime=ScriptedRuntime(
     [QuotaExceeded('429 rate limited', retry_after=4),
-     Reply('The mean is 42, from the two hundred rows you gave me.', delay=0.5)]))"""
+     Reply('The mean is 42, from the two hundred rows you gave me.', delay=0.5)]))
+agents['storyteller'] = Agent(name='storyteller', runtime=ScriptedRuntime(
+    [' '.join(['once upon a time'] * 150)] * 2, chunk_delay=0.05))"""
 
-CELLS = ["%load_ext agent_magics", SETUP, "%%agent analyst\nWhat is the mean of the data?"]
+CELLS = ["%load_ext agent_magics", SETUP, "%%agent analyst\nWhat is the mean of the data?",
+         "%%agent storyteller --bg\nTell me a long story.",
+         "%%agent storyteller\nAnother long one, please."]
 
 
 def _free_port() -> int:
@@ -224,7 +228,56 @@ def test_panel_empties_on_restart_and_reconnects_when_loaded_again(page):
     run_cell(page, 1)
     panel(page).locator('[data-testid="agent"][data-agent="analyst"][data-status="idle"]') \
         .wait_for()
-    assert "0 turns" in panel(page).locator('[data-testid="tokens"]').inner_text()
+    assert "0 turns" in panel(page).locator('[data-agent="analyst"] [data-testid="tokens"]') \
+        .inner_text()
+
+
+def agent_card(page, name: str, status: str | None = None):
+    selector = f'[data-testid="agent"][data-agent="{name}"]'
+    return panel(page).locator(selector + (f'[data-status="{status}"]' if status else ""))
+
+
+def test_panel_actions_cancel_clear_and_usage(page):
+    # The story would stream for ~30 s; Cancel in the panel stops it (a --bg turn: the
+    # panel sends a cancel over the comm).
+    run_cell(page, 3)
+    agent_card(page, "storyteller", "streaming").wait_for(timeout=20_000)
+    shot(page, "7-streaming")
+    start = time.monotonic()
+    agent_card(page, "storyteller").locator('[data-action="cancel"]').click()
+    agent_card(page, "storyteller", "idle").wait_for(timeout=10_000)
+    assert time.monotonic() - start < 10
+    stopped = re.compile(r"⏹ storyteller .* (cancelled|interrupted)")
+    page.locator(".jp-Notebook .jp-Cell").nth(3).get_by_text(stopped).first.wait_for()
+    assert "1 turn" in agent_card(page, "storyteller").inner_text()
+
+    # A foreground cell: the click still reaches the kernel while the cell runs, and the cell
+    # ends well before the story would.
+    run_cell(page, 4)
+    agent_card(page, "storyteller", "streaming").wait_for(timeout=20_000)
+    start = time.monotonic()
+    agent_card(page, "storyteller").locator('[data-action="cancel"]').click()
+    agent_card(page, "storyteller", "idle").wait_for(timeout=10_000)
+    page.locator(".jp-Notebook .jp-Cell").nth(4).get_by_text(stopped).first \
+        .wait_for(timeout=10_000)
+    assert time.monotonic() - start < 10
+    assert "2 turns" in agent_card(page, "storyteller").inner_text()
+
+    # Clear forgets the conversation (turns and tokens stay: they count usage).
+    agent_card(page, "storyteller").locator('[data-action="clear"]').click()
+    notice = panel(page).locator('[data-testid="notice"]')
+    notice.wait_for()
+    assert notice.inner_text() == "storyteller: history cleared"
+
+    # Usage opens `%agent usage NAME` in a new cell below and runs it: a DataFrame.
+    before = page.locator(".jp-Notebook .jp-Cell").count()
+    agent_card(page, "analyst").locator('[data-action="usage"]').click()
+    page.wait_for_function(f"() => document.querySelectorAll('.jp-Notebook .jp-Cell').length "
+                           f"> {before}")
+    usage_cell = page.locator(".jp-Notebook .jp-Cell", has_text="%agent usage analyst")
+    usage_cell.locator(".jp-OutputArea-output table").wait_for(timeout=20_000)
+    headers = usage_cell.locator(".jp-OutputArea-output table th").all_inner_texts()
+    assert "attempt" in headers and "input_tokens" in headers, headers
 
 
 def test_insert_agent_cell_from_the_toolbar_gets_prose_highlighting(page):
