@@ -7,23 +7,12 @@ again. Screenshots of the panel are saved under test-artifacts/lab/ (AGENT_MAGIC
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = Path(os.environ.get("AGENT_MAGICS_ARTIFACTS", ROOT / "test-artifacts")) / "lab"
-TOKEN = "e2e-token-not-a-secret"
+from lab_server import ARTIFACTS, browser_page, jupyterlab
+from lab_server import run_cell as _run_cell
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,89 +31,11 @@ CELLS = ["%load_ext agent_magics", SETUP, "%%agent analyst\nWhat is the mean of 
          "%%agent storyteller\nAnother long one, please."]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _notebook(path: Path) -> None:
-    cells = [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {},
-              "outputs": [], "source": source} for i, source in enumerate(CELLS)]
-    path.write_text(json.dumps({
-        "cells": cells, "nbformat": 4, "nbformat_minor": 5,
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                    "language": "python"}},
-    }))
-
-
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """A JupyterLab server the test starts and stops, with its own config, data and home."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is needed for the browser test: apt-get install chromium")
-    base = tmp_path_factory.mktemp("lab")
-    work = base / "work"
-    work.mkdir()
-    _notebook(work / "agents.ipynb")
-    # no "get notified about Jupyter news?" toast over the screenshots
-    notification = base / "settings" / "@jupyterlab" / "apputils-extension"
-    notification.mkdir(parents=True)
-    (notification / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    port = _free_port()
-    env = {**os.environ, "AGENT_MAGICS_HOME": str(base / "home"),
-           "JUPYTER_CONFIG_DIR": str(base / "config"), "JUPYTER_RUNTIME_DIR": str(base / "rt"),
-           "JUPYTERLAB_SETTINGS_DIR": str(base / "settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces")}
-    log = (base / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-         f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={work}",
-         "--ServerApp.allow_root=True", "--LabApp.news_url=",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-         "--LabApp.extension_manager=readonly"],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("JupyterLab did not start:\n" +
-                                       (base / "server.log").read_text()[-3000:]) from None
-                time.sleep(0.25)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def page(lab):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(30_000)
-            page.goto(f"{lab}/lab/tree/agents.ipynb?token={TOKEN}")
-            yield page
-        finally:
-            browser.close()
+def page(tmp_path_factory):
+    with jupyterlab(tmp_path_factory.mktemp("lab"), "agents.ipynb", CELLS) as (url, _), \
+            browser_page(url, "agents.ipynb") as page:
+        yield page
 
 
 def panel(page):
@@ -135,19 +46,8 @@ def shot(page, name: str) -> None:
     panel(page).screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
-def wait_kernel_idle(page) -> None:
-    page.locator(".jp-Notebook").first.wait_for()
-    page.wait_for_function(
-        "() => document.querySelector('.jp-Notebook') && "
-        "!!document.querySelector('[data-status=\"idle\"].jp-Notebook-ExecutionIndicator, "
-        ".jp-Notebook-ExecutionIndicator[data-status=\"idle\"]')", timeout=60_000)
-
-
 def run_cell(page, index: int) -> None:
-    """Select cell ``index`` (command mode) and run it with Shift+Enter."""
-    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-    cell.locator(".jp-InputPrompt").click()
-    page.keyboard.press("Shift+Enter")
+    _run_cell(page, index, wait=False)  # the tests wait on what the panel shows instead
 
 
 def command(page, label: str) -> None:
@@ -160,7 +60,6 @@ def command(page, label: str) -> None:
 def test_panel_follows_an_agent_through_a_quota_wait_to_its_tokens(page):
     # The panel opens from its tab in the right sidebar.
     page.locator('.jp-SideBar.jp-mod-right li[data-id="agent-magics-panel"]').click()
-    wait_kernel_idle(page)
     empty = panel(page).locator('[data-testid="empty"]')
     empty.wait_for()
     page.wait_for_function(
