@@ -107,8 +107,12 @@ class _Agents(dict):
         return f"agents({', '.join(sorted(self)) or 'none'})"
 
 
-#: The handles that ``%%agent`` cells create and use, by name.
-agents: dict[str, Any] = _Agents()
+#: The handles that ``%%agent`` cells create and use, by name. ``%reload_ext agent_magics``
+#: re-runs this module: the registry (and so every handle in it) is kept, so a name bound by
+#: ``from agent_magics import agents`` stays the one the magics use.
+agents: dict[str, Any] = globals().get("agents", None)  # type: ignore[assignment]
+if not isinstance(agents, dict):
+    agents = _Agents()
 
 
 def load_ipython_extension(shell: Any) -> None:

@@ -65,7 +65,7 @@ _HISTORY_SPEC: dict[str, str] = {
     "data": "json",
 }
 _USAGE_SPEC: dict[str, str] = {
-    "agent": "text", "conversation_id": "text", "turn": "int", "attempt": "int",
+    "agent": "text", "conversation_id": "text", "turn": "int", "call": "int", "attempt": "int",
     "model": "text", "status": "text", "input_tokens": "int", "cached_tokens": "int",
     "output_tokens": "int", "thought_tokens": "int", "total_tokens": "int", "started_at": "time",
     "duration_s": "float", "ttft_s": "float", "retry_after_s": "float", "waited_s": "float",
@@ -208,7 +208,9 @@ def usage_df(store: Store | str | os.PathLike | None = None, *, agent: Filter = 
              conversation_id: Filter = None, by: str | None = None) -> pd.DataFrame:
     """One row per model call (each attempt), or an aggregate with ``by``.
 
-    Columns: ``agent``, ``conversation_id``, ``turn``, ``attempt``, ``model``, ``status``
+    Columns: ``agent``, ``conversation_id``, ``turn``, ``call`` (the model call's 0-based index
+    within its turn: the calls after each tool round and a structured-output repair count on),
+    ``attempt`` (0-based retry of that call after a quota error), ``model``, ``status``
     (ok/quota/error/cancelled/interrupted), the token counts ``input_tokens``,
     ``cached_tokens``, ``output_tokens``, ``thought_tokens``, ``total_tokens`` (int64),
     ``started_at`` (datetime64[ns, UTC]), ``duration_s``, ``ttft_s``, ``retry_after_s``,

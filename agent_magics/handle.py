@@ -25,7 +25,18 @@ from .errors import (
 )
 from .loop import run_async, run_sync
 from .response import ChatResponse
-from .types import Batch, Finish, Step, Text, Thought, ToolCall, ToolResult, UsageMetadata, utcnow
+from .types import (
+    Batch,
+    Finish,
+    Step,
+    Text,
+    Thought,
+    ToolCall,
+    ToolResult,
+    UsageMetadata,
+    paragraph_break,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,12 +83,13 @@ def _open_store(store: Any) -> Any:
 
 
 class _Attempt:
-    """Measurements of one model call, for the usage record."""
+    """Measurements of one attempt at a model call, for the usage record."""
 
-    __slots__ = ("finish", "published", "quota_t0", "started", "t0", "text_chunks", "ttft",
-                 "waited")
+    __slots__ = ("call", "finish", "published", "quota_t0", "started", "t0", "text_chunks",
+                 "ttft", "waited")
 
-    def __init__(self, waited: float, quota_t0: float):
+    def __init__(self, waited: float, quota_t0: float, call: int = 0):
+        self.call = call  # the model call's index within its turn
         self.waited = waited
         self.quota_t0 = quota_t0  # start on the quota state's clock (burst detection)
         self.started = utcnow()
@@ -380,6 +392,7 @@ class Agent:
 
         parts = normalize(content)
         await self._ensure_started()
+        given = schema  # the turn's own schema, offered to the runtime with its calls
         if schema is not None:
             from .structured import OutputSchema
 
@@ -390,6 +403,7 @@ class Agent:
             self._turn_lock = asyncio.Lock()
         response = ChatResponse(agent=self.name, model=self.config.model,
                                 conversation_id=self._conversation_id)
+        response._schema = given
         task = asyncio.get_running_loop().create_task(
             self._run_turn(parts, response, private, schema))
         self._tasks.add(task)
@@ -533,26 +547,56 @@ class Agent:
         usage = UsageMetadata()
         content: list[Any] = parts
         rounds = int(self.config.options.get("max_tool_rounds", DEFAULT_MAX_TOOL_ROUNDS))
-        for _ in range(rounds + 1):
-            calls, call_usage = await self._call_with_retry(content, response, private, turn,
-                                                            reply)
-            usage = usage + call_usage
-            if not calls:
-                return usage
-            reply.flush_text()
-            content = [await self._run_tool(call, turn, response) for call in calls]
-        raise BackendError(f"the model kept calling tools after {rounds} rounds; raise "
-                           "AgentConfig(options={'max_tool_rounds': N}) if that is expected")
+        answered: list[tuple[ToolResult, str]] = []  # the last tool round's (result, status)
+        try:
+            for _ in range(rounds + 1):
+                calls, call_usage = await self._call_with_retry(content, response, private,
+                                                                turn, reply)
+                usage = usage + call_usage
+                if not calls:
+                    return usage
+                reply.flush_text()
+                answered = []
+                for i, call in enumerate(calls):
+                    await self._run_tool(call, turn, response, answered, calls[i + 1:])
+                content = [result for result, _ in answered]
+            raise BackendError(f"the model kept calling tools after {rounds} rounds; raise "
+                               "AgentConfig(options={'max_tool_rounds': N}) if that is expected")
+        except BaseException:
+            # The turn ends (stopped, or failed) before the model got the last round's results:
+            # they go into the runtime's history, so that the next turn sends no unanswered call.
+            self._settle_tool_calls(answered)
+            raise
+
+    def _settle_tool_calls(self, answered: list[tuple[ToolResult, str]]) -> None:
+        """Have the runtime answer, in its history, every tool call of this turn that has no
+        result there: with the round's results in ``answered`` (a call stopped is marked
+        ``interrupted``), else as interrupted (e.g. a call that came in a stopped stream).
+        Providers reject a request holding a tool call without its result (OpenAI, Anthropic)
+        or a function call without its response (Gemini); answering it, rather than dropping
+        it, also tells the model which tools did run. A runtime without
+        ``settle_tool_calls`` is left as it is."""
+        settle = getattr(self._runtime, "settle_tool_calls", None)
+        if settle is None or self._agent_id is None:
+            return
+        try:
+            settle(self._agent_id, [result for result, _ in answered],
+                   interrupted={r.id for r, status in answered if status == "interrupted"})
+        except Exception:  # never masks the turn's own outcome
+            log.exception("could not settle the tool calls of %r", self.name)
 
     async def _call_with_retry(self, content: list[Any], response: ChatResponse, private: bool,
                                turn: int, reply: _ReplyRecorder
                                ) -> tuple[list[ToolCall], UsageMetadata]:
         """One model call with the seed's quota loop (design.md 4.2)."""
         max_retries = self.config.max_quota_retries
+        # This call's index within the turn: every earlier call of the turn ended with one
+        # attempt that was not retried (a failed one ends the turn).
+        call = response.attempts - response.retries
         for attempt in range(max_retries + 1):
             waited = await self.quota.wait_for_quota()
             response.attempts += 1
-            a = _Attempt(waited, self.quota.now())
+            a = _Attempt(waited, self.quota.now(), call)
             mark = response._mark()
             try:
                 calls = await self._stream_once(content, response, a, reply)
@@ -596,15 +640,24 @@ class Agent:
         # straight into the response's and the recorder's lists through bound appends; batches
         # come with their texts precomputed, and get a second pass only when they hold more
         # than text. The recorder saves on the first text and then about once a second.
+        # A call answering tool results goes on a turn that may have said something already:
+        # its first text starts a new paragraph (see _break_paragraph).
         calls: list[ToolCall] = []
         push_text, push_item = response._texts.append, response._items.append
         keep_text = reply._parts.append
         n_text = 0
+        after_tools = bool(content) and type(content[0]) is ToolResult
+        from .runtime import chat_kwargs
+
+        extra = chat_kwargs(self._runtime, schema=response._schema)
         try:
-            async for event in self._runtime.chat(self._agent_id, content):
+            async for event in self._runtime.chat(self._agent_id, content, **extra):
                 kind = type(event)
                 if kind is Text:
                     text = event.text
+                    if after_tools and text:
+                        after_tools = False
+                        _break_paragraph(response, text)
                     push_text(text)
                     push_item(event)
                     keep_text(text)
@@ -636,6 +689,9 @@ class Agent:
                     continue
                 if a.ttft is None:
                     a.ttft = time.perf_counter() - a.t0
+                if after_tools and any(texts):
+                    after_tools = False
+                    _break_paragraph(response, next(t for t in texts if t))
                 thoughts: list[str] = []
                 if len(texts) != len(batch):
                     calls.extend([c for c in batch if type(c) is ToolCall])
@@ -659,7 +715,7 @@ class Agent:
             usage = a.finish.usage
         self.store.add_call(CallRecord(
             agent=self.name, conversation_id=self._conversation_id or "", turn=turn,
-            attempt=attempt, model=self.config.model, status=status,
+            call=a.call, attempt=attempt, model=self.config.model, status=status,
             usage=usage or UsageMetadata(), started_at=a.started,
             duration_s=time.perf_counter() - a.t0, ttft_s=a.ttft, retry_after_s=retry_after,
             waited_s=a.waited, key_id=self.quota.key_id,
@@ -668,26 +724,68 @@ class Agent:
 
     # -- tools ----------------------------------------------------------------------------------
 
-    async def _run_tool(self, call: ToolCall, turn: int, response: ChatResponse) -> ToolResult:
-        """Policy check, hooks, the call itself; always returns a result for the model."""
+    async def _run_tool(self, call: ToolCall, turn: int, response: ChatResponse,
+                        answered: list[tuple[ToolResult, str]], later: list[ToolCall]) -> None:
+        """Policy check, hooks, the call itself; appends its (result, status) to ``answered``.
+
+        When the turn is stopped (or fails) meanwhile, the call and the round's ``later`` calls
+        (not started yet) are recorded with results saying so (status ``interrupted``), then the
+        exception goes on."""
         store = self.store
-        store.add_step(self._conversation_id, self.name,
-                       Step("assistant", "tool_call", call.text, turn=turn, tool_name=call.name,
-                            tool_call_id=call.id, data=call.args))
-        status = "ok"
-        spec = self._tools.get(call.name) if self._tools else None
-        if spec is None:
-            result = ToolResult(call.name, f"error: no tool named {call.name!r}; available: "
-                                f"{', '.join(self._tools.names) if self._tools else 'none'}",
-                                id=call.id, is_error=True)
-            status = "error"
-        else:
-            result, status = await self._checked_call(spec, call, turn)
+        step_id = store.add_step(self._conversation_id, self.name,
+                                 Step("assistant", "tool_call", call.text, turn=turn,
+                                      tool_name=call.name, tool_call_id=call.id, data=call.args))
+        try:
+            spec = self._tools.get(call.name) if self._tools else None
+            if spec is None:
+                result = ToolResult(call.name, f"error: no tool named {call.name!r}; available: "
+                                    f"{', '.join(self._tools.names) if self._tools else 'none'}",
+                                    id=call.id, is_error=True)
+                status = "error"
+            else:
+                result, status = await self._checked_call(spec, call, turn)
+        except BaseException as exc:
+            self._cut_off_tools(call, step_id, exc, turn, response, answered, later)
+            raise
+        self._answer_tool(call, result, status, turn, response, answered)
+
+    def _answer_tool(self, call: ToolCall, result: ToolResult, status: str, turn: int,
+                     response: ChatResponse, answered: list[tuple[ToolResult, str]]) -> None:
         response._append(result)
-        store.add_step(self._conversation_id, self.name,
-                       Step("tool", "tool_result", result.text, turn=turn, tool_name=call.name,
-                            tool_call_id=call.id, status=status))
-        return result
+        self.store.add_step(self._conversation_id, self.name,
+                            Step("tool", "tool_result", result.text, turn=turn,
+                                 tool_name=call.name, tool_call_id=call.id, status=status))
+        answered.append((result, status))
+
+    def _cut_off_tools(self, call: ToolCall, step_id: int, exc: BaseException, turn: int,
+                       response: ChatResponse, answered: list[tuple[ToolResult, str]],
+                       later: list[ToolCall]) -> None:
+        """Record ``call``, cut off by ``exc`` while it was handled, and the round's ``later``
+        calls, which will not run: a stop marks them ``interrupted`` (the one that was running may
+        have done its work or not: its result says so); an error is the running call's
+        result. Recording never masks ``exc``."""
+        stopped = not isinstance(exc, Exception)  # cancelled, interrupted
+        try:
+            if stopped:
+                text, status = ("interrupted: the turn was stopped while this tool call ran; "
+                                "whether it finished is unknown"), "interrupted"
+                self.store.update_step(step_id, status=status, finished_at=utcnow())
+            else:
+                text, status = f"error: {type(exc).__name__}: {scrub_secrets(str(exc))}", "error"
+            self._answer_tool(call, ToolResult(call.name, text, id=call.id, is_error=True),
+                              status, turn, response, answered)
+            why = "stopped" if stopped else "ended with an error"
+            for skipped in later:
+                self.store.add_step(self._conversation_id, self.name,
+                                    Step("assistant", "tool_call", skipped.text, turn=turn,
+                                         tool_name=skipped.name, tool_call_id=skipped.id,
+                                         data=skipped.args, status="interrupted"))
+                self._answer_tool(skipped, ToolResult(
+                    skipped.name, f"not run: the turn {why} before this tool call",
+                    id=skipped.id, is_error=True), "interrupted", turn, response, answered)
+        except Exception:
+            log.exception("could not record the tool calls of %r cut off by its turn's end",
+                          self.name)
 
     async def _checked_call(self, spec: Any, call: ToolCall, turn: int) -> tuple[ToolResult, str]:
         decision = await self._policies.check(call, writes=spec.write, asker=self.asker)
@@ -851,6 +949,23 @@ class Agent:
         agent = cls(name=name, store=opened, **kwargs)
         agent.conversation_id = conversation_id
         return agent
+
+
+def _break_paragraph(response: ChatResponse, text: str) -> None:
+    """Before ``text``, the first text of a later model call of the turn: a paragraph break
+    (one of ``PARAGRAPH_BREAKS``) when the reply has text already, so "checking first", a tool
+    call, then "finished" reads as two paragraphs in the view, ``text()`` and the final
+    bundle. The recorder's steps stay one per call, without it. Signalled with ``text``."""
+    texts = response._texts
+    tail, i = "", len(texts)
+    while len(tail) < 2 and i > response._text_from:
+        i -= 1
+        tail = texts[i] + tail
+    if tail:
+        brk = paragraph_break(tail, text)
+        if brk is not None:
+            texts.append(brk.text)
+            response._items.append(brk)
 
 
 class _ReplyRecorder:

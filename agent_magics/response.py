@@ -107,6 +107,9 @@ class ChatResponse:
         self._texts: list[str] = []  # the Text chunks' strings, kept alongside for cheap joins
         self._joined: tuple[int, str] = (0, "")
         self._text_from = 0  # text() starts here (after a structured-output repair)
+        #: the turn's own output schema (``chat(..., schema=...)``) as given, offered to the
+        #: runtime with each model call of the turn (None: the runtime uses its config's)
+        self._schema: Any = None
         self._done = False
         self._error: BaseException | None = None
         self._structured: Any = _UNSET

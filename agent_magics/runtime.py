@@ -19,8 +19,9 @@ usage, idle/wake-up signalling); a provider implements ``_stream()`` and optiona
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -40,7 +41,8 @@ from .types import (
     utcnow,
 )
 
-__all__ = ["BaseRuntime", "Conversation", "Runtime", "create_kwargs"]
+__all__ = ["BaseRuntime", "Conversation", "Runtime", "accepts_keyword", "chat_kwargs",
+           "create_kwargs"]
 
 
 @runtime_checkable
@@ -56,7 +58,14 @@ class Runtime(Protocol):
     # :func:`create_kwargs`); runtimes that keep conversations on their side (antigravity)
     # keep their saved state there, keyed by the id.
     def chat(self, agent_id: str, content: Sequence[Any]) -> AsyncIterator[Event | list]: ...
+    # Optional: ``chat(..., schema=...)`` also receives a turn's own output schema (as the
+    # caller gave it: pydantic model, JSON-schema dict or JSON string) when its signature takes
+    # it (see :func:`chat_kwargs`), for that call only; the runtime then asks the provider for
+    # it natively, as it does for ``config.response_schema``. The handle validates either way.
     async def send(self, agent_id: str, content: Sequence[Any]) -> None: ...
+    # Optional: ``settle_tool_calls(agent_id, results, *, interrupted=())`` answers, in the
+    # history, the tool calls of the last turn left without a result when the turn ended
+    # (stopped while tools ran); the handle calls it when it exists (BaseRuntime has it).
     async def cancel(self, agent_id: str) -> None: ...
     async def wait_for_idle(self, agent_id: str) -> None: ...
     async def signal_idle(self, agent_id: str) -> None: ...
@@ -135,6 +144,37 @@ def create_kwargs(runtime: Any, conversation_id: str | None,
     return {k: v for k, v in offered.items() if open_ended or k in names}
 
 
+@functools.lru_cache(maxsize=512)
+def _takes_keyword(fn: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind is not p.POSITIONAL_ONLY)
+               for p in params)
+
+
+def accepts_keyword(method: Any, name: str) -> bool:
+    """Whether ``method`` (a bound method or function) takes keyword ``name``, by name or
+    ``**kwargs``; worked out once per function."""
+    fn = getattr(method, "__func__", method)
+    try:
+        return _takes_keyword(fn, name)
+    except TypeError:  # not hashable: look every time
+        return _takes_keyword.__wrapped__(fn, name)
+
+
+def chat_kwargs(runtime: Any, *, schema: Any = None) -> dict[str, Any]:
+    """The optional ``chat`` keywords ``runtime`` accepts, of those that have a value:
+    ``schema`` (a turn's own output schema). A runtime written against the seed's signature
+    gets none and keeps working (the handle validates the reply and repairs it once)."""
+    if schema is None or not accepts_keyword(runtime.chat, "schema"):
+        return {}
+    return {"schema": schema}
+
+
 def _is_tool_results(content: Sequence[Any]) -> bool:
     return bool(content) and all(isinstance(c, ToolResult) for c in content)
 
@@ -166,7 +206,12 @@ class BaseRuntime:
     # -- provider hooks ---------------------------------------------------------------------
 
     def _stream(self, conv: Conversation, content: Sequence[Any]) -> AsyncIterator[Event | list]:
-        """Yield the events of one model call. ``conv.steps`` holds the history before it."""
+        """Yield the events of one model call. ``conv.steps`` holds the history before it.
+
+        A provider that can ask for structured output natively takes an optional keyword
+        ``schema=None``: a turn's own schema for this call, instead of
+        ``conv.config.response_schema`` (it is given only when set, and only to a ``_stream``
+        that takes it)."""
         raise NotImplementedError
 
     async def _create(self, conv: Conversation) -> None:
@@ -240,15 +285,19 @@ class BaseRuntime:
 
     # -- chatting ---------------------------------------------------------------------------
 
-    def chat(self, agent_id: str, content: Sequence[Any]) -> AsyncIterator[Event | list]:
+    def chat(self, agent_id: str, content: Sequence[Any], *,
+             schema: Any = None) -> AsyncIterator[Event | list]:
+        """One model call; ``schema`` (optional) is a turn's own output schema for this call,
+        passed to ``_stream`` where it takes one."""
         conv = self._conv(agent_id)
-        return self._record(conv, list(content))
+        return self._record(conv, list(content), schema)
 
     async def send(self, agent_id: str, content: Sequence[Any]) -> None:
         async for _ in self.chat(agent_id, content):
             pass
 
-    async def _record(self, conv: Conversation, content: list[Any]) -> AsyncIterator[Event | list]:
+    async def _record(self, conv: Conversation, content: list[Any],
+                      schema: Any = None) -> AsyncIterator[Event | list]:
         """Run ``_stream`` and keep the history: nothing is committed for an attempt that failed
         before producing anything (so a retry does not duplicate the user message); a reply cut
         off by cancellation is kept, marked ``interrupted``."""
@@ -262,7 +311,10 @@ class BaseRuntime:
         conv.cancel_requested = False
         if conv._idle is not None:
             conv._idle.clear()
-        stream = self._stream(conv, content)
+        if schema is not None and accepts_keyword(self._stream, "schema"):
+            stream = self._stream(conv, content, schema=schema)
+        else:
+            stream = self._stream(conv, content)
         try:
             async for event in stream:
                 if conv.cancel_requested:
@@ -335,6 +387,53 @@ class BaseRuntime:
         if finish is not None and finish.usage is not None:
             conv.total_usage = conv.total_usage + finish.usage
             conv.last_turn_usage = conv.last_turn_usage + finish.usage
+
+    def settle_tool_calls(self, agent_id: str, results: Sequence[ToolResult] = (), *,
+                          interrupted: Collection[str] = ()) -> int:
+        """Answer the last turn's tool calls that have no result in the history: a turn ended
+        (stopped while its tools ran, or before the call sending their results) and the next
+        request would otherwise carry a call without its answer, which providers reject.
+
+        A call gets the result in ``results`` with its id, else one saying it was
+        interrupted; the call step of an id in ``interrupted`` or without a result is marked
+        ``interrupted``. Each answer goes right after its model call's tool calls (where the
+        next call's ``_commit`` would have put it). Returns how many results were added."""
+        conv = self._conversations.get(agent_id)
+        if conv is None:
+            return 0
+        steps = conv.steps
+        start = next((i for i in range(len(steps) - 1, -1, -1)  # the last turn's user message
+                      if steps[i].role == "user" and steps[i].kind == "text"), 0)
+        answered = {s.tool_call_id for s in steps[start:] if s.kind == "tool_result"}
+        given = {r.id: r for r in results}
+        settled = steps[:start]
+        owed: list[Step] = []  # answers for the block of tool calls being read
+        now = utcnow()
+        for step in steps[start:]:
+            if owed and step.kind not in ("tool_call", "tool_result"):
+                settled.extend(owed)
+                owed = []
+            settled.append(step)
+            if step.kind != "tool_call" or step.tool_call_id in answered:
+                continue
+            answered.add(step.tool_call_id)
+            result = given.get(step.tool_call_id)
+            stopped = result is None or step.tool_call_id in interrupted
+            if result is None:
+                result = ToolResult(step.tool_name or "", "interrupted: the turn was stopped "
+                                    "before this tool call ran", id=step.tool_call_id,
+                                    is_error=True)
+            if stopped:
+                step.status = "interrupted"
+            owed.append(Step("tool", "tool_result", result.text, turn=step.turn,
+                             tool_name=step.tool_name, tool_call_id=step.tool_call_id,
+                             data=result.result,
+                             status="interrupted" if stopped else
+                             "error" if result.is_error else "ok", started_at=now))
+        settled.extend(owed)
+        added = len(settled) - len(steps)
+        steps[:] = settled
+        return added
 
     async def cancel(self, agent_id: str) -> None:
         conv = self._conversations.get(agent_id)

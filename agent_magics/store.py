@@ -93,15 +93,15 @@ LABELLED_CALL_COLUMNS: tuple[str, ...] = (
     "agent", "conversation_id", "model", "status", "key_id", "parent",
 )
 #: ``calls.metrics``: the numeric columns of a call and the label codes of its text columns,
-#: packed little-endian (8 int64, 4 float64, 6 int32; ``started_at`` as microseconds since the
+#: packed little-endian (9 int64, 4 float64, 6 int32; ``started_at`` as microseconds since the
 #: Unix epoch, NaN for an unknown float), so bulk readers (``usage_df``) decode them all at once
-#: instead of creating ~19 Python objects per row.
+#: instead of creating ~20 Python objects per row.
 METRICS_FIELDS: tuple[str, ...] = (
-    "turn", "attempt", "input_tokens", "cached_tokens", "output_tokens", "thought_tokens",
+    "turn", "call", "attempt", "input_tokens", "cached_tokens", "output_tokens", "thought_tokens",
     "total_tokens", "started_at_us", "duration_s", "ttft_s", "retry_after_s", "waited_s",
     *(f"{column}_label" for column in LABELLED_CALL_COLUMNS),
 )
-METRICS_FORMAT = "<8q4d6i"
+METRICS_FORMAT = "<9q4d6i"
 _METRICS = struct.Struct(METRICS_FORMAT)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -115,6 +115,9 @@ Filter = str | Iterable[str] | None
 
 #: The ``metrics`` layout the v2 migration writes (frozen with it).
 _V2_METRICS = struct.Struct("<8q4d6i")
+#: What the v3 migration puts into a v2 ``metrics`` after ``turn`` (its first 8 bytes): the
+#: new ``call`` column's value for every existing row, 0 (frozen with it).
+_V3_CALL_ZERO = struct.pack("<q", 0)
 
 
 def _migrate_v2(conn: sqlite3.Connection) -> None:
@@ -173,6 +176,35 @@ def _repack_calls(conn: sqlite3.Connection, packer: struct.Struct, chunk: int = 
                     part).fetchall())
         conn.executemany("UPDATE calls SET metrics = ? WHERE id = ?",
                          [(_repack_row(row[1:], packer, labels), row[0]) for row in rows])
+
+
+def _migrate_v3(conn: sqlite3.Connection, chunk: int = 20_000) -> None:
+    """Schema v3: ``calls.call``, the index of the model call within its turn (each tool round
+    and a structured-output repair is a call of its own; ``attempt`` counts the quota retries
+    of one call). Rows written before it are call 0. ``metrics`` gains ``call`` after ``turn``:
+    a v2 copy gets 8 zero bytes there (exactly what its columns now say); any other blob is
+    dropped (readers then use the columns). Frozen, like every migration."""
+    for statement in (
+        "ALTER TABLE calls ADD COLUMN call INTEGER NOT NULL DEFAULT 0",
+        "DROP TRIGGER calls_metrics_stale",
+        """CREATE TRIGGER calls_metrics_stale
+            AFTER UPDATE OF agent, conversation_id, turn, call, attempt, model, status,
+                input_tokens, cached_tokens, output_tokens, thought_tokens, total_tokens,
+                started_at, duration_s, ttft_s, retry_after_s, waited_s, key_id, parent ON calls
+            WHEN NEW.metrics IS NOT NULL
+            BEGIN UPDATE calls SET metrics = NULL WHERE id = NEW.id; END""",
+    ):
+        conn.execute(statement)
+    size, zero, last = _V2_METRICS.size, _V3_CALL_ZERO, 0
+    while True:
+        rows = conn.execute("SELECT id, metrics FROM calls WHERE id > ? AND metrics IS NOT NULL "
+                            "ORDER BY id LIMIT ?", (last, chunk)).fetchall()
+        if not rows:
+            return
+        last = rows[-1][0]
+        conn.executemany("UPDATE calls SET metrics = ? WHERE id = ?", [
+            (old[:8] + zero + old[8:] if type(old) is bytes and len(old) == size else None,
+             row_id) for row_id, old in rows])
 
 
 _INT, _TEXT = {int}, {str}
@@ -281,11 +313,13 @@ MIGRATIONS: list[Migration] = [
     ),
     # v2: dictionary-encoded text columns (the labels table, label codes in metrics).
     _migrate_v2,
+    # v3: calls.call, the model call's index within its turn (in metrics after turn).
+    _migrate_v3,
 ]
 
 #: Columns of :meth:`Store.call_rows` (the order of ``usage_df()``).
 CALL_COLUMNS: tuple[str, ...] = (
-    "agent", "conversation_id", "turn", "attempt", "model", "status",
+    "agent", "conversation_id", "turn", "call", "attempt", "model", "status",
     "input_tokens", "cached_tokens", "output_tokens", "thought_tokens", "total_tokens",
     "started_at", "duration_s", "ttft_s", "retry_after_s", "waited_s", "key_id", "parent", "error",
 )
@@ -316,10 +350,10 @@ _STEP_SELECT = (
     "FROM steps AS s LEFT JOIN conversations AS c ON c.id = s.conversation_id"
 )
 _CALL_INSERT = (
-    "INSERT INTO calls (agent, conversation_id, turn, attempt, model, status, input_tokens, "
-    "cached_tokens, output_tokens, thought_tokens, total_tokens, started_at, duration_s, ttft_s, "
-    "retry_after_s, waited_s, key_id, error, parent, metrics) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO calls (agent, conversation_id, turn, call, attempt, model, status, "
+    "input_tokens, cached_tokens, output_tokens, thought_tokens, total_tokens, started_at, "
+    "duration_s, ttft_s, retry_after_s, waited_s, key_id, error, parent, metrics) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 #: Columns of :meth:`Store.packed_call_rows`.
 PACKED_CALL_COLUMNS: tuple[str, ...] = ("metrics", "error")
@@ -433,7 +467,9 @@ def _scrub(text: str | None) -> str | None:
 
 @dataclass
 class CallRecord:
-    """One model call (= one attempt) as written to the ``calls`` table."""
+    """One attempt at one model call, as written to the ``calls`` table. ``call`` is the
+    model call's 0-based index within its turn (the calls after each tool round, a repair
+    call), ``attempt`` the 0-based quota retry within that call."""
 
     agent: str
     conversation_id: str
@@ -450,6 +486,7 @@ class CallRecord:
     key_id: str = ""
     error: str | None = None
     parent: str | None = None  # name of the parent agent, for sub-agents
+    call: int = 0  # (last, so positional construction keeps working)
 
     def _label_texts(self) -> tuple:
         """The values of :data:`LABELLED_CALL_COLUMNS`, as they are written to ``calls``."""
@@ -465,7 +502,7 @@ class CallRecord:
         started = self.started_at
         if type(started) is not datetime or started.tzinfo is not timezone.utc:
             started = to_utc(started)
-        turn, attempt = int(self.turn), int(self.attempt)
+        turn, call, attempt = int(self.turn), int(self.call), int(self.attempt)
         tokens = (int(usage.input_tokens), int(usage.cached_tokens), int(usage.output_tokens),
                   int(usage.thought_tokens), int(usage.total_tokens))
         duration, waited = float(self.duration_s or 0.0), float(self.waited_s or 0.0)
@@ -473,12 +510,12 @@ class CallRecord:
         retry = None if self.retry_after_s is None else float(self.retry_after_s)
         try:
             metrics: bytes | None = None if codes is None else _METRICS.pack(
-                turn, attempt, *tokens, (started - _EPOCH) // _MICROSECOND, duration,
+                turn, call, attempt, *tokens, (started - _EPOCH) // _MICROSECOND, duration,
                 _NAN if ttft is None else ttft, _NAN if retry is None else retry, waited, *codes)
         except (struct.error, OverflowError):  # out of int64 range: readers use the columns
             metrics = None
         error = None if self.error is None else scrub_secrets(str(self.error))
-        return (self.agent, self.conversation_id, turn, attempt, self.model, self.status,
+        return (self.agent, self.conversation_id, turn, call, attempt, self.model, self.status,
                 *tokens, started.isoformat(timespec="microseconds"), duration, ttft, retry,
                 waited, self.key_id or "", error, self.parent, metrics)
 

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 __all__ = [
+    "PARAGRAPH_BREAKS",
     "Batch",
     "Chunk",
     "Event",
@@ -19,6 +20,8 @@ __all__ = [
     "ToolCall",
     "ToolResult",
     "UsageMetadata",
+    "is_paragraph_break",
+    "paragraph_break",
     "utcnow",
 ]
 
@@ -130,6 +133,25 @@ class ToolResult:
 
 
 Chunk = Text | Thought | ToolCall | ToolResult
+
+#: The Text chunks a handle puts between the texts of two model calls of one turn (a reply that
+#: says something, calls a tool, then says more reads as two paragraphs): ``"\n"`` and
+#: ``"\n\n"``. They are the only instances a view may tell apart by identity
+#: (:func:`is_paragraph_break`), e.g. to leave them out where tool lines already part the text.
+PARAGRAPH_BREAKS: tuple[Text, Text] = (Text("\n"), Text("\n\n"))
+
+
+def paragraph_break(before: str, after: str) -> Text | None:
+    """The break to put between text ending with ``before`` and text starting with ``after``
+    so they read as two paragraphs: None when a blank line parts them already."""
+    newlines = min(len(before) - len(before.rstrip("\n")), 2) + \
+        len(after) - len(after.lstrip("\n"))
+    return None if newlines >= 2 else PARAGRAPH_BREAKS[1 - newlines]
+
+
+def is_paragraph_break(chunk: Any) -> bool:
+    """Whether ``chunk`` is one of the :data:`PARAGRAPH_BREAKS` (by identity, not equality)."""
+    return chunk is PARAGRAPH_BREAKS[0] or chunk is PARAGRAPH_BREAKS[1]
 
 
 class Batch(list):

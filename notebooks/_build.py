@@ -1193,8 +1193,8 @@ SAFETY = [
         in a console, an `input()` prompt ("clerk wants to run save_note({...}). Allow?
         [y/N]"); `%config AgentMagics.approval = "stdin"` always uses the prompt. A run without
         stdin, such as this notebook under nbval in CI, cannot ask, so such a call is denied
-        with a one-line note; that is why this notebook decides with a function. `confirm_writes(handler=fn)` does the same for
-        every tool marked `write=True`.
+        with a one-line note; that is why this notebook decides with a function.
+        `confirm_writes(handler=fn)` does the same for every tool marked `write=True`.
     """),
     code('''
         ASKED = []

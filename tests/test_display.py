@@ -306,6 +306,87 @@ def test_tool_calls_and_results_are_one_line_each(pub):
     ]
 
 
+async def turn_chunks(*script, coalesce=False) -> list:
+    """The chunks of one turn played by a real handle (tool ``add``) over ``script``."""
+    from agent_magics import Agent
+    from agent_magics.runtimes.scripted import ScriptedRuntime
+
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    agent = Agent(runtime=ScriptedRuntime(script, coalesce=coalesce), store=False, tools=[add])
+    response = await agent.chat("go")
+    await response.wait()
+    await agent.shutdown()
+    return response.snapshot()
+
+
+async def test_text_of_two_model_calls_reads_as_two_paragraphs(pub):
+    from agent_magics.runtimes.scripted import Reply
+
+    chunks = await turn_chunks(Reply("checking first", tool_calls=[ToolCall("add", {"a": 2,
+                                                                                  "b": 3})]),
+                               "finished")
+    clock = Clock()
+    view = StreamView(agent="bot", model="m", clock=clock)
+    view.start()
+    r = stream(view, chunks, clock, force=True)
+    line = "🔧 <code>add(a=2, b=3)</code> → <code>5</code>"
+    # live: the tool line parts the two texts; the break adds no further blank lines
+    assert pub.messages[-1]["data"] == {
+        "text/markdown": f"checking first\n\n{line}\n\nfinished",
+        "text/plain": "checking first\n\n🔧 add(a=2, b=3) → 5\n\nfinished"}
+    view.finish(r, turn=1, conversation_id="c")
+    # final: the tool lines come first, then the reply's text as two paragraphs
+    assert pub.outputs()[-1]["data"] == {
+        "text/markdown": f"{line}\n\nchecking first\n\nfinished",
+        "text/plain": "checking first\n\nfinished\n\n[1 tool call]"}
+
+
+async def test_a_later_calls_code_fence_after_tool_lines_is_seen_as_one(pub):
+    from agent_magics.runtimes.scripted import Reply
+
+    code = "```python\nx = 1\n\n\ny = 2\n\n\nz = 3\n```\n\n"
+    chunks = await turn_chunks(Reply("Let me look.", tool_calls=[ToolCall("add", {"a": 1,
+                                                                                "b": 1})]),
+                               code + "That is all.")
+    clock = Clock()
+    view = StreamView(agent="bot", model="m", block_chars=10, clock=clock)
+    stream(view, chunks, clock, force=True)
+    pieces = [o["data"]["text/markdown"] for o in pub.outputs()]
+    assert any(p.endswith(code) for p in pieces)  # the code block stayed in one block
+    for piece in pieces:
+        assert piece.count("```") % 2 == 0, piece
+
+
+async def test_terminal_mode_parts_the_texts_of_two_model_calls(pub, capsys):
+    from agent_magics.runtimes.scripted import Reply
+
+    chunks = await turn_chunks(Reply("checking first", tool_calls=[ToolCall("add", {"a": 2,
+                                                                                  "b": 3})]),
+                               "finished")
+    clock = Clock()
+    view = StreamView(agent="bot", model="m", terminal=True, clock=clock)
+    r = stream(view, chunks, clock, force=True)
+    view.finish(r, turn=1, conversation_id=None)
+    assert capsys.readouterr().out == ("checking first\n🔧 add(a=2, b=3) …\n   → 5\n"
+                                       "finished\n")
+
+
+def test_a_paragraph_break_right_after_text_is_shown_as_it_is(pub, capsys):
+    from agent_magics.types import PARAGRAPH_BREAKS
+
+    chunks = [Text("first"), PARAGRAPH_BREAKS[1], Text("second")]
+    view = StreamView(agent="bot", model="m", clock=Clock())
+    view.refresh(response_of(*chunks, finish=False), force=True)
+    assert pub.messages[-1]["data"]["text/markdown"] == "first\n\nsecond"
+    view = StreamView(agent="bot", model="m", terminal=True, clock=Clock())
+    r = response_of(*chunks)
+    view.refresh(r, force=True)
+    view.finish(r, turn=1, conversation_id=None)
+    assert capsys.readouterr().out == "first\n\nsecond\n"
+
+
 def test_tool_line_is_compact():
     call = ToolCall("echo", {"text": "line one\nline two " * 50})
     line = tool_line(call, ToolResult("echo", "x\n" * 500, id=call.id), markdown=False)

@@ -36,9 +36,10 @@ TEXT = pd.Series(["x"]).dtype  # pandas' default string dtype (str on pandas 3, 
 UTC_NS = pd.DatetimeTZDtype("ns", "UTC")
 
 USAGE_DTYPES = {
-    "agent": TEXT, "conversation_id": TEXT, "turn": np.int64, "attempt": np.int64,
-    "model": TEXT, "status": TEXT, "input_tokens": np.int64, "cached_tokens": np.int64,
-    "output_tokens": np.int64, "thought_tokens": np.int64, "total_tokens": np.int64,
+    "agent": TEXT, "conversation_id": TEXT, "turn": np.int64, "call": np.int64,
+    "attempt": np.int64, "model": TEXT, "status": TEXT, "input_tokens": np.int64,
+    "cached_tokens": np.int64, "output_tokens": np.int64, "thought_tokens": np.int64,
+    "total_tokens": np.int64,
     "started_at": UTC_NS, "duration_s": np.float64, "ttft_s": np.float64,
     "retry_after_s": np.float64, "waited_s": np.float64, "key_id": TEXT, "parent": TEXT,
     "error": TEXT,

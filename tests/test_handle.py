@@ -395,6 +395,71 @@ async def test_structured_output_failing_twice_raises_backend_error_with_raw_tex
     assert info.value.raw_text == "still not json"
 
 
+CITY = {"title": "City", "type": "object", "required": ["city"]}
+
+
+async def test_a_turn_schema_reaches_the_runtime_for_that_turns_calls_only(make, runtime):
+    agent = make(Reply("Looking it up.", tool_calls=[ToolCall("add", {"a": 1, "b": 1})]),
+                 "Paris, I think", '{"city": "Paris"}',  # after the tool; the repair call
+                 "plain words", tools=[add])
+    response = await agent.chat("capital of France?", schema=CITY)
+    assert await response.structured_output() == {"city": "Paris"}
+    # the first call, the one after the tool round, the repair: each asked for the schema
+    assert [c.schema for c in runtime.calls] == [CITY, CITY, CITY]
+    assert "schema" in runtime.calls[2].prompt
+    assert await agent.chat_text("and now?") == "plain words"
+    assert runtime.calls[3].schema is None  # the next turn has none
+
+
+async def test_the_config_schema_stays_the_runtimes_and_a_turn_schema_overrides_it(make,
+                                                                                    runtime):
+    other = {"title": "Country", "type": "object", "required": ["country"]}
+    agent = make('{"city": "Paris"}', '{"country": "France"}', response_schema=CITY)
+    assert await agent.structured("city?") == {"city": "Paris"}
+    assert runtime.calls[0].schema is None  # the runtime has it from the config already
+    assert await agent.structured("country?", schema=other) == {"country": "France"}
+    assert runtime.calls[1].schema == other
+
+
+class SeedChat(ScriptedRuntime):
+    """A runtime written against the seed: ``chat(agent_id, content)`` and nothing more."""
+
+    def chat(self, agent_id, content):
+        return super().chat(agent_id, content)
+
+
+class SeedStream(ScriptedRuntime):
+    """A BaseRuntime provider whose ``_stream`` takes no schema."""
+
+    async def _stream(self, conv, content):
+        async for event in super()._stream(conv, content):
+            yield event
+
+
+@pytest.mark.parametrize("kind", [SeedChat, SeedStream])
+async def test_runtimes_without_the_schema_keyword_keep_working(registry, kind):
+    runtime = kind(["no JSON here", '{"city": "Oslo"}'], quota_registry=registry)
+    agent = Agent(runtime=runtime, store=":memory:")
+    response = await agent.chat("city?", schema=CITY)
+    assert await response.structured_output() == {"city": "Oslo"}  # validated and repaired
+    assert [c.schema for c in runtime.calls] == [None, None]
+
+
+def test_chat_kwargs_offer_the_schema_only_to_a_chat_that_takes_it():
+    from agent_magics.runtime import accepts_keyword, chat_kwargs
+
+    class Open:
+        def chat(self, agent_id, content, **extra): ...
+
+    assert chat_kwargs(ScriptedRuntime(), schema=CITY) == {"schema": CITY}
+    assert chat_kwargs(Open(), schema=CITY) == {"schema": CITY}
+    assert chat_kwargs(SeedChat(), schema=CITY) == {}
+    assert chat_kwargs(ScriptedRuntime(), schema=None) == {}
+    assert accepts_keyword(lambda a, /, schema: None, "schema")
+    assert not accepts_keyword(lambda schema, /: None, "schema")  # positional only
+    assert not accepts_keyword(print, "schema")
+
+
 async def test_conversation_id_get_set_resumes_from_the_store(runtime, tmp_path):
     store = str(tmp_path / "h.sqlite3")
     first = Agent(runtime=runtime, store=store, name="n")
@@ -556,6 +621,66 @@ async def test_tool_errors_go_back_to_the_model(make, runtime):
     agent = make(Reply("", tool_calls=[ToolCall("broken", {})]), "sorry", tools=[broken])
     assert await agent.chat_text("try") == "sorry"
     assert "disk on fire" in runtime.calls[1].content[0].text
+
+
+@pytest.mark.parametrize("coalesce", [True, False], ids=["batches", "one-by-one"])
+async def test_text_of_the_model_calls_of_a_turn_reads_as_paragraphs(registry, coalesce):
+    runtime = ScriptedRuntime([Reply("checking first",
+                                     tool_calls=[ToolCall("add", {"a": 2, "b": 3})]),
+                               "finished"], quota_registry=registry, coalesce=coalesce)
+    agent = Agent(runtime=runtime, store=":memory:", tools=[add])
+    response = await agent.chat("2+3?")
+    assert await response.text() == "checking first\n\nfinished"
+    assert "".join([d async for d in response]) == "checking first\n\nfinished"
+    assert str(agent.last_response) == "checking first\n\nfinished"
+    # the break comes after the tool lines, as a text chunk of its own
+    kinds = [c.kind for c in response.snapshot()]
+    assert kinds == ["text", "text", "tool_call", "tool_result", "text", "text"]
+    # the records keep one text step per model call, without the break
+    steps = agent.history_df()
+    assert steps[(steps.role == "assistant") & (steps.kind == "text")].text.tolist() == \
+        ["checking first", "finished"]
+    assert [s.text for s in agent.history if s.role == "assistant" and s.kind == "text"] == \
+        ["checking first", "finished"]
+    assert agent.last_text == "finished"  # the runtime's last reply: the last call's text
+    assert await agent.chat_text("again?") == "again?"  # the next turn starts afresh
+
+
+@pytest.mark.parametrize(("script", "text"), [
+    # a blank line is made whole, never doubled
+    ((Reply("one line\n", tool_calls=[ToolCall("add", {"a": 1, "b": 1})]), "next"),
+     "one line\n\nnext"),
+    ((Reply("a paragraph\n\n", tool_calls=[ToolCall("add", {"a": 1, "b": 1})]), "next"),
+     "a paragraph\n\nnext"),
+    ((Reply("before", tool_calls=[ToolCall("add", {"a": 1, "b": 1})]), "\nafter"),
+     "before\n\nafter"),
+    # nothing said before the tools, or a tool round without text: no break for it
+    ((Reply("", tool_calls=[ToolCall("add", {"a": 1, "b": 1})]), "only this"), "only this"),
+    ((Reply("first", tool_calls=[ToolCall("add", {"a": 1, "b": 1})]),
+      Reply("", tool_calls=[ToolCall("add", {"a": 2, "b": 2})]), "second"),
+     "first\n\nsecond"),
+    ((Reply("said", tool_calls=[ToolCall("add", {"a": 1, "b": 1})]), ""), "said"),
+    # a quota retry of the call after the tools: one break, not two
+    ((Reply("try", tool_calls=[ToolCall("add", {"a": 1, "b": 1})]),
+      QuotaExceeded(retry_after=1.0), "again"), "try\n\nagain"),
+])
+async def test_paragraph_breaks_between_model_calls(make, runtime, script, text):
+    agent = make(*script, tools=[add])
+    assert await agent.chat_text("go") == text  # private: an aborted attempt is dropped
+    runtime.add(*script)
+    response = await agent.chat("go")  # public: the attempt failed before showing anything
+    assert await response.text() == text
+    assert "".join([d async for d in response]) == text
+
+
+async def test_a_single_call_reply_is_exactly_what_the_runtime_streamed(make):
+    chunks = ["One", " line\n", "\n", "Two", "\n\n\n", "Three"]
+    agent = make(Reply(chunks=chunks), Reply(chunks=chunks, thoughts=["hmm"]))
+    response = await agent.chat("go")
+    assert [c async for c in response.chunks] == [Text(c) for c in chunks]
+    assert await response.text() == "".join(chunks)
+    response = await agent.chat("go")
+    assert [c async for c in response.chunks] == [Thought("hmm"), *(Text(c) for c in chunks)]
 
 
 # -- content and errors ----------------------------------------------------------------------
@@ -745,3 +870,210 @@ async def test_recording_can_be_switched_off(runtime):
     assert history["text"].tolist() == ["not kept", "not kept"]
     assert agent.usage_df().empty and list(agent.usage_df().columns)[:2] == ["agent",
                                                                              "conversation_id"]
+
+
+# -- records of a turn with several model calls / a stop during the tool phase ---------------
+
+async def test_usage_rows_number_the_model_calls_of_a_turn(make, runtime):
+    agent = make(Reply("", tool_calls=[ToolCall("add", {"a": 1, "b": 2})]),
+                 HTTPError(429, "rate limited"),  # the middle call's first attempt
+                 Reply("", tool_calls=[ToolCall("add", {"a": 3, "b": 4})]),
+                 "3, then 7.",
+                 "not json", '{"ok": true}',  # turn 2: a reply and its repair call
+                 tools=[add])
+    assert await agent.chat_text("add twice") == "3, then 7."
+    assert await agent.structured("as JSON", schema={"type": "object"}) == {"ok": True}
+    usage = agent.usage_df()
+    assert list(usage.columns[:5]) == ["agent", "conversation_id", "turn", "call", "attempt"]
+    assert str(usage["call"].dtype) == "int64"
+    assert usage[["turn", "call", "attempt", "status"]].values.tolist() == [
+        [1, 0, 0, "ok"], [1, 1, 0, "quota"], [1, 1, 1, "ok"], [1, 2, 0, "ok"],
+        [2, 0, 0, "ok"], [2, 1, 0, "ok"]]
+
+
+def _assert_tool_calls_answered(history) -> None:
+    """Every tool call in ``history`` is answered by a tool result before anything else
+    follows its model call, and every provider's request builder keeps them all (so none
+    sends a call without its answer, which OpenAI and Anthropic reject)."""
+    from agent_magics.runtimes import anthropic, openai
+
+    calls = [s.tool_call_id for s in history if s.kind == "tool_call"]
+    assert calls
+    for i, step in enumerate(history):
+        if step.kind != "tool_call":
+            continue
+        rest = history[i + 1:]
+        block = []
+        for later in rest:
+            if later.kind not in ("tool_call", "tool_result"):
+                break
+            block.append(later)
+        assert step.tool_call_id in {s.tool_call_id for s in block if s.kind == "tool_result"}
+
+    messages = openai.build_messages(None, history, ["next"])
+    sent = [c["id"] for m in messages for c in m.get("tool_calls", ())]
+    assert sent == calls
+    for m_index, message in enumerate(messages):
+        ids = [c["id"] for c in message.get("tool_calls", ())]
+        if ids:
+            answers = messages[m_index + 1:m_index + 1 + len(ids)]
+            assert [a.get("role") for a in answers] == ["tool"] * len(ids)
+            assert sorted(a["tool_call_id"] for a in answers) == sorted(ids)
+    blocks = [b for m in anthropic.build_messages(history, ["next"]) for b in m["content"]]
+    assert [b["id"] for b in blocks if b["type"] == "tool_use"] == calls
+    assert sorted(b["tool_use_id"] for b in blocks if b["type"] == "tool_result") == \
+        sorted(calls)
+    from google.genai import types
+
+    from agent_magics.runtimes import gemini
+
+    parts = [p for c in gemini.build_contents(types, history, ["next"]) for p in c.parts]
+    assert len([p for p in parts if p.function_call]) == len(calls) == \
+        len([p for p in parts if p.function_response])
+
+
+@pytest.mark.parametrize("how", ["agent.cancel", "response.cancel", "interrupt"])
+async def test_a_stop_while_a_tool_runs_leaves_consistent_records(registry, how):
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow(n: int) -> str:
+        """Takes its time."""
+        started.set()
+        release.wait(10)
+        return "finished late"
+
+    def quick(n: int) -> str:
+        """Answers at once."""
+        return f"quick {n}"
+
+    calls = [ToolCall("quick", {"n": 1}, id="q1"), ToolCall("slow", {"n": 2}, id="s1"),
+             ToolCall("quick", {"n": 3}, id="q2")]
+    runtime = ScriptedRuntime([Reply("checking", tool_calls=calls), "after the stop"],
+                              quota_registry=registry)
+    agent = Agent(runtime=runtime, store=":memory:", tools=[quick, slow], name="stopper")
+    try:
+        if how == "interrupt":  # the caller gives up (KeyboardInterrupt in ask(), Stop)
+            waiter = asyncio.ensure_future(agent.chat_text("go"))
+            await asyncio.to_thread(started.wait, 5)
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            await agent.wait_for_idle()  # the turn's own clean-up, on the handle's loop
+            response = agent.last_response
+        else:
+            response = await agent.chat("go")
+            assert await asyncio.to_thread(started.wait, 5)
+            await (agent.cancel() if how == "agent.cancel" else response.cancel())
+        status = "interrupted" if how == "interrupt" else "cancelled"
+        assert response.done and response.status == status
+        assert [(c.id, c.is_error) for c in response._items if isinstance(c, ToolResult)] == \
+            [("q1", False), ("s1", True), ("q2", True)]
+
+        # in memory (the runtime's history, which the next turn sends)
+        steps = [(s.kind, s.tool_call_id, s.status) for s in agent.history]
+        assert steps == [
+            ("text", None, "ok"), ("text", None, "ok"),
+            ("tool_call", "q1", "ok"), ("tool_call", "s1", "interrupted"),
+            ("tool_call", "q2", "interrupted"),
+            ("tool_result", "q1", "ok"), ("tool_result", "s1", "interrupted"),
+            ("tool_result", "q2", "interrupted")]
+        results = [s for s in agent.history if s.kind == "tool_result"]
+        assert results[0].text == "quick 1"
+        assert "interrupted" in results[1].text and "not run" in results[2].text
+        _assert_tool_calls_answered(agent.history)
+
+        # in the store
+        df = agent.history_df()
+        tools = df[df.kind.isin(["tool_call", "tool_result"])]
+        assert tools[["kind", "tool_call_id", "status"]].values.tolist() == [
+            ["tool_call", "q1", "ok"], ["tool_result", "q1", "ok"],
+            ["tool_call", "s1", "interrupted"], ["tool_result", "s1", "interrupted"],
+            ["tool_call", "q2", "interrupted"], ["tool_result", "q2", "interrupted"]]
+        assert tools.text.tolist()[3] == results[1].text
+        assert tools.text.tolist()[5] == results[2].text
+        assert tools.finished_at.notna().all()
+
+        # the next turn works and sends a valid history
+        assert await agent.chat_text("and now?") == "after the stop"
+        sent = runtime.calls[-1].history
+        _assert_tool_calls_answered(sent)
+        from agent_magics.store import Store
+
+        resumed = Store.load_steps(agent.store, agent.conversation_id)
+        _assert_tool_calls_answered(resumed)  # a resumed conversation is valid too
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("when", ["sending the results", "a call streaming in"])
+async def test_a_stop_in_a_model_call_leaves_no_unanswered_tool_call(registry, when):
+    def quick(n: int) -> str:
+        """Answers at once."""
+        return f"quick {n}"
+
+    if when == "sending the results":  # stopped before the runtime recorded the results
+        script = [Reply("", tool_calls=[ToolCall("quick", {"n": 1}, id="q1")]),
+                  Reply("too late", delay=10), "after the stop"]
+        chunk_delay = 0.0
+    else:  # stopped after a stream gave a tool call, before it ended
+        script = [Reply(chunks=[ToolCall("quick", {"n": 1}, id="q1"), "and", " then", " more"]),
+                  "after the stop"]
+        chunk_delay = 0.5
+    runtime = ScriptedRuntime(script, quota_registry=registry, chunk_delay=chunk_delay)
+    agent = Agent(runtime=runtime, store=":memory:", tools=[quick], name="stopper")
+    response = await agent.chat("go")
+    def ready() -> bool:
+        if when == "sending the results":
+            return len(runtime.calls) == 2  # the tool ran; the next call waits
+        return bool(response._items)  # the tool call came; the stream goes on
+
+    for _ in range(500):
+        if ready():
+            break
+        await asyncio.sleep(0.01)
+    await response.cancel()
+    assert response.status == "cancelled"
+    (result,) = [s for s in agent.history if s.kind == "tool_result"]
+    if when == "sending the results":
+        assert (result.text, result.status) == ("quick 1", "ok")
+        (call,) = [s for s in agent.history if s.kind == "tool_call"]
+        assert call.status == "ok"
+    else:
+        assert result.status == "interrupted" and "interrupted" in result.text
+    _assert_tool_calls_answered(agent.history)
+    assert await agent.chat_text("and now?") == "after the stop"
+    _assert_tool_calls_answered(runtime.calls[-1].history)
+
+
+async def test_settle_tool_calls_answers_each_unanswered_call_after_its_block(runtime):
+    from agent_magics.types import Step
+
+    history = [Step("user", "text", "earlier", turn=1),
+               Step("assistant", "tool_call", "old()", turn=1, tool_name="old",
+                    tool_call_id="o1"),  # an older turn is left as it is
+               Step("user", "text", "now", turn=2),
+               Step("assistant", "tool_call", "a()", turn=2, tool_name="a", tool_call_id="a1"),
+               Step("assistant", "tool_call", "b()", turn=2, tool_name="b", tool_call_id="b1"),
+               Step("tool", "tool_result", "b done", turn=2, tool_name="b", tool_call_id="b1"),
+               Step("assistant", "text", "so far", turn=2),
+               Step("assistant", "tool_call", "c()", turn=2, tool_name="c", tool_call_id="c1"),
+               Step("assistant", "tool_call", "d()", turn=2, tool_name="d", tool_call_id="d1")]
+    agent_id = await runtime.create_agent(AgentConfig(model="scripted:echo"), history=history)
+    added = runtime.settle_tool_calls(agent_id, [ToolResult("c", "c done", id="c1"),
+                                                 ToolResult("d", "stopped", id="d1")],
+                                      interrupted={"d1"})
+    assert added == 3
+    steps = runtime.history(agent_id)
+    assert [(s.kind, s.tool_call_id, s.status, s.text) for s in steps[2:]] == [
+        ("text", None, "ok", "now"),
+        ("tool_call", "a1", "interrupted", "a()"), ("tool_call", "b1", "ok", "b()"),
+        ("tool_result", "b1", "ok", "b done"),
+        ("tool_result", "a1", "interrupted",
+         "interrupted: the turn was stopped before this tool call ran"),
+        ("text", None, "ok", "so far"),
+        ("tool_call", "c1", "ok", "c()"), ("tool_call", "d1", "interrupted", "d()"),
+        ("tool_result", "c1", "ok", "c done"), ("tool_result", "d1", "interrupted", "stopped")]
+    assert steps[1].status == "ok" and len(steps) == len(history) + 3
+    assert runtime.settle_tool_calls(agent_id, []) == 0  # settled already: nothing changes

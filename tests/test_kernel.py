@@ -194,6 +194,32 @@ agents['tools'] = Agent(name='tools', runtime=ScriptedRuntime(
     assert value(kernel, "agents['tools'].runtime.calls[1].content[0].result") == "'MainThread'"
 
 
+def test_text_before_and_after_a_tool_call_reads_as_two_paragraphs(kernel):
+    kernel.execute("""
+def add(a: int, b: int) -> int:
+    \"\"\"Add two numbers.\"\"\"
+    return a + b
+agents['paras'] = Agent(name='paras', runtime=ScriptedRuntime(
+    [Reply('checking first', tool_calls=[ToolCall('add', {'a': 2, 'b': 3})]), 'finished'],
+    chunk_delay=0.01))
+""")
+    result = kernel.execute("%%agent paras -t add -o said\nwhat is 2+3?")
+    assert result.ok, result.errors
+    reply = final_reply(result)
+    line = "🔧 <code>add(a=2, b=3)</code> → <code>5</code>"
+    assert reply["data"]["text/markdown"] == f"{line}\n\nchecking first\n\nfinished"
+    assert reply["data"]["text/plain"] == "checking first\n\nfinished\n\n[1 tool call]"
+    assert value(kernel, "said") == repr("checking first\n\nfinished")
+    # the live view showed the texts apart too, with the tool line between, no extra blanks
+    live = [m["content"]["data"].get("text/markdown", "")
+            for m in result.of("update_display_data")]
+    assert f"checking first\n\n{line}\n\nfinished" in live
+    assert not any("firstfinished" in md or "\n\n\n" in md for md in live)
+    # a single-call reply in the same conversation is as it was
+    result = kernel.execute("%%agent paras\none call only")
+    assert final_reply(result)["data"]["text/plain"] == "one call only"
+
+
 APPROVAL_SETUP = """
 from agent_magics.policies import ask_user
 removed = []
@@ -291,5 +317,44 @@ def test_resume_after_a_kernel_restart(tmp_path):
         assert json.loads(history.result_text().replace("'", '"')) == \
             ["my name is Ada", "my name is Ada"]
         assert final_reply(result)["metadata"]["agent_magics"]["turn"] == 2
+    finally:
+        k.shutdown()
+
+
+def test_reload_ext_keeps_the_registry_and_its_handles(tmp_path):
+    k = Kernel(env={"AGENT_MAGICS_HOME": str(tmp_path)})
+    try:
+        assert k.execute(SETUP).ok
+        result = k.execute("""
+import threading
+def where() -> str:
+    \"\"\"Which thread runs me.\"\"\"
+    return threading.current_thread().name
+agents['keep'] = Agent(name='keep', tools=[where], runtime=ScriptedRuntime(
+    ['first', Reply('', tool_calls=[ToolCall('where', {})]), 'done']))
+""")
+        assert result.ok, result.errors
+        assert final_reply(k.execute("%%agent keep\nhello"))["data"]["text/plain"].strip() == \
+            "first"
+        k.execute("helper = agents['keep'].spawn_subagent('helper')\n"
+                  "registry, keep = agents, agents['keep']")
+        result = k.execute("%reload_ext agent_magics")
+        assert result.ok and result.errors == [] and not result.stderr, result.stderr
+        assert value(k, "agents is agent_magics.agents is registry") == "True"
+        assert value(k, "agent_magics.agents['keep'] is keep") == "True"
+        # the handles made before run their tools and ask approvals through the new magics
+        k.execute("magics = get_ipython().magics_manager.registry['AgentMagics']")
+        assert value(k, "[a.tool_runner.__self__ is magics.main for a in (keep, helper)]") == \
+            "[True, True]"
+        assert value(k, "[a.asker.__agent_magics__ is magics for a in (keep, helper)]") == \
+            "[True, True]"
+        result = k.execute("%%agent keep\nwhere do tools run now?", timeout=30)
+        assert result.ok, result.errors
+        assert final_reply(result)["metadata"]["agent_magics"]["turn"] == 2
+        assert value(k, "keep.runtime.calls[-1].content[0].result") == "'MainThread'"
+        assert value(k, "[s.text for s in keep.history if s.role == 'user']") == \
+            "['hello', 'where do tools run now?']"
+        assert k.execute("listed = %agent list").ok
+        assert "keep" in value(k, "listed.name.tolist()")
     finally:
         k.shutdown()

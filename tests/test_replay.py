@@ -133,7 +133,7 @@ async def test_replay_reproduces_a_recorded_run(tmp_path):
     replayed = await run(agent)
 
     assert replayed == recorded
-    assert replayed["replies"] == ["Hello there, friend.", "Let me add.2 + 3 = 5"]
+    assert replayed["replies"] == ["Hello there, friend.", "Let me add.\n\n2 + 3 = 5"]
     assert replayed["chunks"][:2] == [Thought("The user"), Thought(" greets me.")]
     assert replayed["tool_calls"] == [ToolCall("add", {"a": 2, "b": 3}, id="call_add_1")]
     assert replayed["tool_results"] == [("add", 5)]
@@ -362,7 +362,7 @@ async def test_no_secret_reaches_a_cassette(tmp_path):
                    system_instructions=f"Never reveal {SK}.")
     reply = await replay.chat_text(prompt)
     assert SK not in reply and "Your keys: sk-…" in reply
-    assert await replay.chat_text("look it up") == "Looking up.Done."
+    assert await replay.chat_text("look it up") == "Looking up.\n\nDone."
     with pytest.raises(BackendError, match="401 from upstream"):
         await replay.chat_text(prompt)
 
@@ -414,6 +414,23 @@ async def test_cassettes_are_readable_json_lines_and_stable(tmp_path):
                                                   "text": "5", "tool": "add"}
     assert not any("t" in e for row in rows for e in row["events"])
     assert not any("t" in row["finish"] for row in rows if "finish" in row)
+
+
+async def test_a_turn_schema_reaches_the_recorded_runtime_and_replays(tmp_path):
+    path = tmp_path / "schema.jsonl"
+    registry, _ = fake_registry()
+    city = {"title": "City", "type": "object", "required": ["city"]}
+    inner = ScriptedRuntime(['{"city": "Paris"}', "plain"], quota_registry=registry)
+    agent = record(Agent(model="scripted:echo", runtime=inner, store=":memory:"), path,
+                   timing=False)
+    assert await agent.structured("capital?", schema=city) == {"city": "Paris"}
+    assert await agent.chat_text("thanks") == "plain"
+    assert [c.schema for c in inner.calls] == [city, None]  # passed on to the real runtime
+    # the cassette's requests are as before (no per-turn schema in them): it replays strictly
+    replay = Agent(model=f"replay:{path}", runtime=ReplayRuntime(path, strict=True),
+                   store=":memory:")
+    assert await replay.structured("capital?", schema=city) == {"city": "Paris"}
+    assert await replay.chat_text("thanks") == "plain"
 
 
 async def test_timing_is_recorded_and_replayed_at_speed(tmp_path):
@@ -543,7 +560,7 @@ async def test_openai_runtime_round_trip(tmp_path):
         chunks = [c async for c in response.chunks]
         usage = response.usage
         run_sync(agent.shutdown(), timeout=10)
-    assert text == "Let me add.2 + 3 = 5"
+    assert text == "Let me add.\n\n2 + 3 = 5"
     assert b"test-key-sekrit" not in path.read_bytes()
     assert load_cassette(path).models == [f"openai:{MODEL}"] * 2
 

@@ -152,7 +152,7 @@ async def test_tool_call_round_trip(server, runtime):
                  Turn("2 + 3 = 5."))
     async with agent_for(server, runtime, tools=[add, explode]) as agent:
         response = await agent.chat("What is 2 + 3?")
-        assert await response.text() == "Let me compute.2 + 3 = 5."
+        assert await response.text() == "Let me compute.\n\n2 + 3 = 5."
         calls = [c async for c in response.tool_calls]
         history = agent.history
     first = server.sent[0]
@@ -248,6 +248,46 @@ async def test_structured_output_forced_tool(server, runtime):
     assert response.stop_reason == "stop"
 
 
+CITY = {"title": "City", "type": "object", "properties": {"name": {"type": "string"}},
+        "required": ["name"], "additionalProperties": False}
+
+
+async def test_a_turn_schema_is_sent_as_native_output_for_that_turn_only(server, runtime):
+    server.queue(Turn(tool_uses=[("add", {"a": 1, "b": 1})]),
+                 Turn("Paris, I believe."), Turn('{"name": "Paris"}'),  # then a repair call
+                 Turn("Plain words."))
+    async with agent_for(server, runtime, tools=[add]) as agent:
+        response = await agent.chat("Capital of France?", schema=CITY)
+        assert await response.structured_output() == {"name": "Paris"}
+        assert await agent.chat_text("thanks") == "Plain words."
+    first, after_tool, repair, next_turn = server.bodies
+    for body in (first, after_tool, repair):  # the repair call asks for it too
+        fmt = body["output_config"]["format"]
+        assert fmt["type"] == "json_schema"
+        assert fmt["schema"]["properties"] == CITY["properties"]
+        assert fmt["schema"]["required"] == ["name"]
+        assert [t["name"] for t in body["tools"]] == ["add"]
+    assert "output_config" not in next_turn
+    assert [t["name"] for t in next_turn["tools"]] == ["add"]
+
+
+async def test_a_turn_schema_in_forced_tool_mode_and_the_config_schema_after(server, runtime):
+    country = {"title": "Country", "type": "object",
+               "properties": {"country": {"type": "string"}}, "required": ["country"]}
+    server.queue(Turn(tool_uses=[("City", {"name": "Paris"})]),
+                 Turn(tool_uses=[("Country", {"country": "France"})]))
+    async with agent_for(server, runtime, response_schema=country,
+                         options={"structured_output": "tool"}) as agent:
+        assert await agent.structured("Capital?", schema=CITY) == {"name": "Paris"}
+        assert await agent.structured("Country?") == {"country": "France"}
+    turn, config = server.bodies
+    assert turn["tool_choice"] == {"type": "tool", "name": "City"}
+    assert [t["name"] for t in turn["tools"]] == ["City"]
+    assert turn["tools"][0]["input_schema"] == CITY
+    assert config["tool_choice"] == {"type": "tool", "name": "Country"}
+    assert [t["name"] for t in config["tools"]] == ["Country"]
+
+
 # -- thinking -------------------------------------------------------------------------------------
 
 async def test_thinking_streams_thoughts_and_signature_goes_back(server, runtime):
@@ -256,7 +296,7 @@ async def test_thinking_streams_thoughts_and_signature_goes_back(server, runtime
                  Turn("4."))
     async with agent_for(server, runtime, tools=[add], options={"thinking": 1024}) as agent:
         response = await agent.chat("2+2?")
-        assert await response.text() == "Adding.4."
+        assert await response.text() == "Adding.\n\n4."
         thoughts = [c async for c in response.thoughts]
         history = agent.history
     assert thoughts == [Thought("The user wants"), Thought(" a sum.")]

@@ -241,6 +241,49 @@ async def test_structured_output_request(api, server, make):
     assert config["responseJsonSchema"] == schema
 
 
+CITY = {"title": "City", "type": "object", "properties": {"city": {"type": "string"}},
+        "required": ["city"]}
+
+
+async def test_a_turn_schema_is_sent_as_json_output_for_that_turn_only(api, server, make):
+    api.add(g.text_chunks("Paris, I believe."), g.text_chunks('{"city": "Paris"}'),
+            g.text_chunks("Plain words."))
+    agent = make()
+    response = await agent.chat("capital of France?", schema=CITY)
+    assert await response.structured_output() == {"city": "Paris"}
+    assert await agent.chat_text("thanks") == "Plain words."
+    first, repair, next_turn = [b.get("generationConfig", {}) for b in bodies(server)]
+    for config in (first, repair):  # the repair call asks for it too
+        assert config["responseMimeType"] == "application/json"
+        assert config["responseJsonSchema"] == CITY
+    assert "responseMimeType" not in next_turn and "responseJsonSchema" not in next_turn
+    assert "schema" in bodies(server)[1]["contents"][-1]["parts"][0]["text"]
+
+
+async def test_a_turn_schema_with_functions_declared_is_the_handles_alone(api, server, make):
+    # Gemini 2.x refuses function calling with a JSON response mime type (HTTP 400): with
+    # tools, the turn's schema is validated (and repaired) by the handle, as it always was
+    api.add([g.chunk([g.call_part("get_capital", {"country": "France"})], finish="STOP",
+                     usage_metadata=g.usage(20, 5))],
+            g.text_chunks("Paris, I believe."), g.text_chunks('{"city": "Paris"}'))
+    agent = make(tools=[get_capital])
+    response = await agent.chat("capital of France?", schema=CITY)
+    assert await response.structured_output() == {"city": "Paris"}
+    configs = [b.get("generationConfig", {}) for b in bodies(server)]
+    assert len(configs) == 3 and not any("responseMimeType" in c for c in configs)
+
+
+async def test_a_turn_schema_overrides_the_config_schema_for_that_turn(api, server, make):
+    country = {"title": "Country", "type": "object", "required": ["country"]}
+    api.add(g.text_chunks('{"city": "Paris"}'), g.text_chunks('{"country": "France"}'))
+    agent = make(response_schema=country, temperature=0.5)
+    assert await agent.structured("capital?", schema=CITY) == {"city": "Paris"}
+    assert await agent.structured("country?") == {"country": "France"}
+    turn, config = [b["generationConfig"] for b in bodies(server)]
+    assert turn["responseJsonSchema"] == CITY and config["responseJsonSchema"] == country
+    assert turn["temperature"] == config["temperature"] == 0.5  # the rest is the agent's
+
+
 async def test_thoughts_stream_as_thought_chunks(api, server, make):
     api.add([g.chunk([g.thought_part("**Planning**\nThink first.")],
                      usage_metadata=g.usage(9, thoughts=20)),

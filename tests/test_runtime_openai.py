@@ -177,7 +177,7 @@ async def test_tool_call_round_trip(chat, server, make):
              Turn("2 + 3 = 5", prompt_tokens=70, completion_tokens=6))
     agent = make(tools=[add])
     response = await agent.chat("what is 2+3?")
-    assert await response.text() == "Let me add.2 + 3 = 5"
+    assert await response.text() == "Let me add.\n\n2 + 3 = 5"
     assert [c async for c in response.tool_calls] == [ToolCall("add", {"a": 2, "b": 3},
                                                                id="call_abc123")]
     first, second = (r.json for r in server.requests)
@@ -270,6 +270,42 @@ async def test_structured_output_request_shape(chat, server, make):
     assert fmt["type"] == "json_schema"
     assert fmt["json_schema"]["name"] == "City" and fmt["json_schema"]["strict"] is False
     assert fmt["json_schema"]["schema"]["properties"]["population"]["type"] == "integer"
+
+
+CITY = {"title": "City", "type": "object", "properties": {"city": {"type": "string"}},
+        "required": ["city"]}
+
+
+def _json_schema_format(schema: dict) -> dict:
+    return {"type": "json_schema",
+            "json_schema": {"name": schema["title"], "schema": schema, "strict": False}}
+
+
+async def test_a_turn_schema_is_sent_as_response_format_for_that_turn_only(chat, server, make):
+    chat.add(Turn(calls=[Call("add", {"a": 1, "b": 1}, id="call_1")]),
+             Turn("Paris, I believe."), Turn('{"city": "Paris"}'),  # then a repair call
+             Turn("Plain words."))
+    agent = make(tools=[add])
+    response = await agent.chat("capital of France?", schema=CITY)
+    assert await response.structured_output() == {"city": "Paris"}
+    assert await agent.chat_text("thanks") == "Plain words."
+    first, after_tool, repair, next_turn = [r.json for r in server.requests]
+    assert first["response_format"] == _json_schema_format(CITY)
+    assert after_tool["response_format"] == _json_schema_format(CITY)
+    assert repair["response_format"] == _json_schema_format(CITY)
+    assert "schema" in repair["messages"][-1]["content"]
+    assert "response_format" not in next_turn
+
+
+async def test_a_turn_schema_overrides_the_config_schema_for_that_turn(chat, server, make):
+    country = {"title": "Country", "type": "object", "required": ["country"]}
+    chat.add(Turn('{"city": "Paris"}'), Turn('{"country": "France"}'))
+    agent = make(response_schema=country)
+    assert await agent.structured("capital?", schema=CITY) == {"city": "Paris"}
+    assert await agent.structured("country?") == {"country": "France"}
+    turn, config = [r.json["response_format"] for r in server.requests]
+    assert turn == _json_schema_format(CITY)
+    assert config == _json_schema_format(country)
 
 
 async def test_refusal_streams_as_text(chat, make):

@@ -21,6 +21,7 @@ from agent_magics.config import scrub_secrets
 from agent_magics.errors import ConfigError
 from agent_magics.store import (
     APPLICATION_ID,
+    CALL_COLUMNS,
     LABELLED_CALL_COLUMNS,
     METRICS_FORMAT,
     MIGRATIONS,
@@ -315,16 +316,17 @@ def test_calls_round_trip(store):
     store.add_call(call(usage=usage, duration_s=1.25, ttft_s=0.3, retry_after_s=None,
                         waited_s=2.0, key_id="abcdef012345", parent="boss"))
     store.add_call(call(attempt=1, status="quota", usage=UsageMetadata(), error="429",
-                        retry_after_s=4.5, started_at=T0 + timedelta(seconds=2)))
+                        retry_after_s=4.5, started_at=T0 + timedelta(seconds=2), call=2))
     first, second = store.calls()
     assert first == {
-        "agent": "a", "conversation_id": "c1", "turn": 1, "attempt": 0,
+        "agent": "a", "conversation_id": "c1", "turn": 1, "call": 0, "attempt": 0,
         "model": "scripted:echo", "status": "ok", "input_tokens": 100, "cached_tokens": 30,
         "output_tokens": 20, "thought_tokens": 7, "total_tokens": 127, "started_at": T0,
         "duration_s": 1.25, "ttft_s": 0.3, "retry_after_s": None, "waited_s": 2.0,
         "key_id": "abcdef012345", "parent": "boss", "error": None,
     }
     assert (second["status"], second["retry_after_s"], second["error"]) == ("quota", 4.5, "429")
+    assert (second["call"], second["attempt"]) == (2, 1)
     assert store.next_turn("c1") == 2  # calls count as recorded turns too
 
 
@@ -489,9 +491,20 @@ def test_labels_are_committed_before_the_calls_that_use_them(db):
 
 # -- upgrading a v1 store -------------------------------------------------------------------------
 
+#: The INSERT of the v1 and v2 writers (their ``calls`` had no ``call`` column).
+_V1_CALL_INSERT = (
+    "INSERT INTO calls (agent, conversation_id, turn, attempt, model, status, input_tokens, "
+    "cached_tokens, output_tokens, thought_tokens, total_tokens, started_at, duration_s, ttft_s, "
+    "retry_after_s, waited_s, key_id, error, parent, metrics) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 def _v1_row(record: CallRecord) -> tuple:
-    """The row the v1 store wrote for ``record``: today's plain columns, v1 metrics."""
+    """The row the v1 store wrote for ``record``: the plain columns (today's, but ``call``),
+    v1 metrics."""
     row = record._params(None)
+    row = row[:3] + row[4:]  # no call column
     usage = record.usage
     started = record.started_at.astimezone(timezone.utc)
     metrics = struct.pack(
@@ -511,8 +524,25 @@ def _v1_store(db: Path, monkeypatch, records: list[CallRecord]) -> None:
         assert s.schema_version == 1
         s.close()
     with raw(db) as conn:
-        conn.executemany(store_module._CALL_INSERT, [_v1_row(r) for r in records])
+        conn.executemany(_V1_CALL_INSERT, [_v1_row(r) for r in records])
     conn.close()
+
+
+def _old_calls(db: Path) -> tuple[pd.DataFrame, list[dict]]:
+    """The calls of a v1 or v2 file, read from its plain columns as today's ``usage_df()``
+    and ``Store.calls()`` should give them after the upgrade (``call`` 0)."""
+    from agent_magics.frames import _USAGE_SPEC, _frame
+
+    select = ", ".join("0" if column == "call" else column for column in CALL_COLUMNS)
+    with raw(db) as conn:
+        rows = conn.execute(f"SELECT {select} FROM calls ORDER BY id").fetchall()
+    conn.close()
+    frame = _frame(_USAGE_SPEC, rows).sort_values("started_at", kind="stable",
+                                                  ignore_index=True)
+    at = CALL_COLUMNS.index("started_at")
+    calls = [{**dict(zip(CALL_COLUMNS, row, strict=True)), "started_at": parse_ts(row[at])}
+             for row in rows]
+    return frame, calls
 
 
 def _v1_records() -> list[CallRecord]:
@@ -539,16 +569,11 @@ def test_a_v1_store_is_upgraded_in_place_and_keeps_every_row(db, monkeypatch):
     with raw(db) as conn:  # a v1 row whose metrics copy an edit had dropped
         conn.execute("UPDATE calls SET metrics = NULL WHERE id = 5")
     conn.close()
-    with monkeypatch.context() as patch:  # read as v1, from the plain columns
-        patch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:1])
-        s = Store(db)
-        before = usage_df(s)
-        calls_before = s.calls()
-        s.close()
+    before, calls_before = _old_calls(db)  # read as v1, from the plain columns
     assert len(before) == len(records)
 
     s = Store(db)  # upgrades
-    assert s.schema_version == len(MIGRATIONS) >= 2
+    assert s.schema_version == len(MIGRATIONS) >= 3
     assert s.calls() == calls_before
     assert all(metrics is not None for metrics, _ in s.packed_call_rows())  # all repacked
     fast = _packed_usage_frame(s.packed_call_rows(), s)
@@ -582,6 +607,49 @@ def test_upgrading_leaves_rows_it_cannot_pack_exactly_to_the_plain_columns(db, m
     assert df["started_at"].iloc[0] == pd.Timestamp("2025-03-04 05:06:07", tz="UTC")
     assert df["input_tokens"].iloc[2] == 2
     s.close()
+
+
+def test_a_v2_store_gains_the_call_column_and_its_rows_read_back_as_call_0(db, monkeypatch):
+    from agent_magics.frames import _USAGE_SPEC, _frame, _packed_usage_frame, usage_df
+
+    records = _v1_records()[:50]
+    _v1_store(db, monkeypatch, records)
+    with monkeypatch.context() as patch:  # a v2 file, as the v2 code left it
+        patch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:2])
+        Store(db).close()
+    with raw(db) as conn:
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
+        assert "call" not in [r[1] for r in conn.execute("PRAGMA table_info(calls)")]
+        conn.execute("UPDATE calls SET metrics = x'0102' WHERE id = 7")  # a stray blob
+    conn.close()
+    before, calls_before = _old_calls(db)
+
+    s = Store(db)  # upgrades to v3
+    assert s.schema_version == len(MIGRATIONS) == 3
+    assert s.calls() == calls_before and all(row["call"] == 0 for row in s.calls())
+    packed = s.packed_call_rows()
+    assert [metrics is None for metrics, _ in packed] == [i == 6 for i in range(len(records))]
+    del packed[6]
+    fast = _packed_usage_frame(packed, s)  # the v2 copies, with call 0 put in
+    assert fast is not None
+    pd.testing.assert_frame_equal(fast, before.drop(index=6).reset_index(drop=True))
+    df = usage_df(s)
+    pd.testing.assert_frame_equal(df, before)
+    assert list(df.columns[2:5]) == ["turn", "call", "attempt"]
+    assert df["call"].dtype == "int64" and (df["call"] == 0).all()
+
+    s.add_call(call(agent="agent1", conversation_id="conv-3", turn=9, call=2, attempt=1,
+                    started_at=T0 + timedelta(days=1)))
+    assert s.packed_call_rows()[-1][0] is not None
+    assert usage_df(s)[["turn", "call", "attempt"]].iloc[-1].tolist() == [9, 2, 1]
+    s._write("UPDATE calls SET call = 4 WHERE id = 1")  # the stale-copy trigger watches call
+    assert s.packed_call_rows()[0][0] is None
+    assert usage_df(s)["call"].iloc[0] == 4
+    pd.testing.assert_frame_equal(usage_df(s), _frame(_USAGE_SPEC, s.call_rows()))
+    s.close()
+    with raw(db) as conn:
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == [1, 2, 3]
+    conn.close()
 
 
 # -- durability, threads, processes ---------------------------------------------------------------

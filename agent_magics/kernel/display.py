@@ -11,6 +11,10 @@ is frozen (given its final update, after which a new display id takes the tail) 
 paragraph boundary (a blank line outside a code fence) after it has grown to ``block_chars``.
 That rule looks at the text only, never at timing, so a reply always produces the same outputs.
 
+The texts of a turn's model calls are parted by a paragraph break chunk (one of
+:data:`~agent_magics.types.PARAGRAPH_BREAKS`, put in by the handle): the final bundle shows them
+as paragraphs; the live view, where the tool lines already part them, only ends the line there.
+
 IPython is imported at first use, never at module import.
 """
 
@@ -26,6 +30,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from ..types import is_paragraph_break
 
 __all__ = ["StreamView", "capture_parent", "extract_code", "parent_context", "render_markdown",
            "tool_line"]
@@ -398,6 +404,7 @@ class StreamView:
         self._reset_stream()
         # terminal mode
         self._term_mode = ""  # "", "thought"
+        self._term_last = ""  # the kind of the last chunk written
         self._term_at_line_start = True
         self._term_wrote = False
         self._term_thought_bol = True
@@ -652,6 +659,13 @@ class StreamView:
         for chunk in new:
             kind = _kind(chunk)
             if kind in ("text", "thought"):
+                if kind == "text" and is_paragraph_break(chunk) and (
+                        not self._segments or self._segments[-1].kind != "text"):
+                    # A later model call's text after tool lines, which part it already: the
+                    # break only ends the line (for the fence scanner), adding no blank lines.
+                    for _ in self._scanners["text"].boundaries(chunk.text):
+                        pass
+                    continue
                 self._add_stream(kind, chunk.text)
             elif kind == "tool_call":
                 self._add_tool(chunk, None)
@@ -757,6 +771,7 @@ class StreamView:
         for chunk in new:
             kind = _kind(chunk)
             if kind == "thought":
+                self._term_last = kind
                 if self._term_mode != "thought":
                     if out or not self._term_at_line_start:
                         out.append("\n")
@@ -767,7 +782,10 @@ class StreamView:
             if self._term_mode == "thought":
                 out.append("\n")
                 self._term_mode = ""
+            last, self._term_last = self._term_last, kind
             if kind == "text":
+                if is_paragraph_break(chunk) and last != "text":
+                    continue  # tool lines part the paragraphs already (see _consume)
                 out.append(chunk.text)
             elif kind in ("tool_call", "tool_result"):
                 at_line_start = out[-1].endswith("\n") if out else self._term_at_line_start

@@ -291,6 +291,7 @@ class AgentMagics(Magics):
         self._line = _line_parser()
         if shell is not None and _in_kernel(shell):
             _install_async_cells(shell)
+        self._adopt_handles()
 
     # -- %%agent --------------------------------------------------------------------------------
 
@@ -433,6 +434,23 @@ class AgentMagics(Magics):
         self.agents[name] = agent
         return agent
 
+    def _adopt_handles(self) -> None:
+        """Handles bound by an earlier instance (before ``%reload_ext agent_magics``, which
+        keeps the registry) run their tools and ask approvals through this one: the old
+        instance's main-thread hand-over is no longer drained by any cell."""
+        from .mainthread import MainThread
+        from .panel import _walk
+
+        for _, agent in _walk(self.agents):
+            runner = getattr(agent, "tool_runner", None)
+            owner = getattr(runner, "__self__", None)
+            if isinstance(owner, MainThread) and owner is not self.main:
+                agent.tool_runner = self.main.run
+            asker = getattr(agent, "asker", None)
+            owner = getattr(asker, "__agent_magics__", None)
+            if owner is not None and owner is not self:
+                agent.asker = self._asker_for(asker.__agent_magics_name__)
+
     def _bind(self, agent: Agent) -> None:
         """Notebook tools run on the kernel's main thread; approvals are asked there. Handles
         made in Python (``agents["x"] = Agent(...)``) get this when a cell first uses them."""
@@ -483,6 +501,8 @@ class AgentMagics(Magics):
             return await self.main.run(lambda: self._prompt(call, name))
 
         ask.__name__ = ask.__qualname__ = "the notebook's prompt"  # in denial reasons
+        ask.__agent_magics__ = self  # type: ignore[attr-defined]  # see _adopt_handles
+        ask.__agent_magics_name__ = name  # type: ignore[attr-defined]
         return ask
 
     def _prompt(self, call: Any, who: str = "agent") -> Any:

@@ -16,7 +16,8 @@ call with a :class:`~agent_magics.types.Finish`. The SDK's own retries are off
 - ``structured_output``: ``"native"`` (default) asks for ``response_schema`` through
   ``output_config.format`` (constrained JSON decoding, streamed as text; current models) or
   ``"tool"``: a forced tool whose ``input_schema`` is the schema, its streamed input becoming
-  the reply text (for models without structured outputs; not with thinking).
+  the reply text (for models without structured outputs; not with thinking). A turn's own
+  schema (``chat(..., schema=...)``) is asked for the same way, for that turn's calls only.
 - ``cache``: ``True`` sets top-level ``cache_control`` (automatic prompt caching).
 - ``timeout``: seconds (default: 10 s to connect, 300 s between bytes).
 - ``extra_body``: a dict merged into the request JSON (``top_k``, ``metadata``, ...).
@@ -455,6 +456,20 @@ class _State:
     accepted: frozenset[str] | None  # the SDK's messages.create parameters
     #: thinking blocks of the call in flight, attached to its thought step at commit
     thinking: list[dict[str, Any]] = field(default_factory=list)
+    #: (a turn's own schema, the plan asking for it): made at the turn's first call, reused
+    #: by its later calls (tool rounds, a repair)
+    schema_plan: tuple[Any, _Plan] | None = None
+
+    def plan_for(self, config: AgentConfig, schema: Any) -> _Plan:
+        """The agent's plan, or one asking for ``schema`` (a turn's own output schema) as
+        ``config.response_schema`` would be (native output or the forced tool)."""
+        if schema is None:
+            return self.plan
+        cached = self.schema_plan
+        if cached is None or cached[0] is not schema:
+            cached = self.schema_plan = (
+                schema, _Plan.from_config(config.replace(response_schema=schema)))
+        return cached[1]
 
 
 class AnthropicRuntime(BaseRuntime):
@@ -507,13 +522,13 @@ class AnthropicRuntime(BaseRuntime):
         conv.steps.insert(at, Step("assistant", "thought", "", turn=conv.turns, data=data,
                                    status=status, started_at=started))
 
-    async def _stream(self, conv: Conversation,
-                      content: Sequence[Any]) -> AsyncIterator[Event | list]:
+    async def _stream(self, conv: Conversation, content: Sequence[Any], *,
+                      schema: Any = None) -> AsyncIterator[Event | list]:
         state: _State = conv.state
         if not isinstance(state, _State):
             raise BackendError("the anthropic agent is not set up (was it shut down?)",
                                provider=PROVIDER)
-        plan = state.plan
+        plan = state.plan_for(conv.config, schema)
         state.thinking = []
         messages = build_messages(conv.steps, content, with_thinking=plan.thinking)
         try:
@@ -521,16 +536,17 @@ class AnthropicRuntime(BaseRuntime):
         except Exception as exc:
             raise map_error(exc, conv.config) from None
         try:
-            async for event in self._events(stream, state):
+            async for event in self._events(stream, state, plan):
                 yield event
         except Exception as exc:
             raise map_error(exc, conv.config) from None
         finally:
             await stream.close()
 
-    async def _events(self, stream: Any, state: _State) -> AsyncIterator[Event]:
+    async def _events(self, stream: Any, state: _State,
+                      plan: _Plan | None = None) -> AsyncIterator[Event]:
         """SSE events -> chunks, one per event as it arrives; a Finish at ``message_stop``."""
-        structured = state.plan.structured_tool
+        structured = (plan or state.plan).structured_tool
         input_tokens = cached = output_tokens = 0
         stop: str | None = None
         blocks: dict[int, dict[str, Any]] = {}  # index -> block being assembled

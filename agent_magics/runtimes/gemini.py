@@ -21,7 +21,9 @@ The request carries the history (user parts, model text, function calls with the
 signatures, function responses), ``system_instruction``, ``temperature``,
 ``max_output_tokens``, function declarations from the agent's tools
 (``parameters_json_schema``), JSON output (``response_mime_type`` +
-``response_json_schema``) for ``response_schema``, and ``thinking_config`` when
+``response_json_schema``) for ``response_schema`` (or, for one turn's calls, the turn's own
+schema, ``chat(..., schema=...)``, when the agent declares no functions), and
+``thinking_config`` when
 ``AgentConfig.options["thinking"]`` is set (``True``, a token budget, or a level such as
 ``"low"``).
 
@@ -186,6 +188,28 @@ class _AgentState:
     client: Any
     config: Any  # the GenerateContentConfig every call of this agent uses
     signatures: dict[str, bytes] = field(default_factory=dict)  # call id -> thought signature
+    #: (a turn's own schema, the config asking for it): made at its first call, reused by the
+    #: turn's later calls (tool rounds, a repair)
+    schema_config: tuple[Any, Any] | None = None
+
+    def config_for(self, schema: Any) -> Any:
+        """The request config: the agent's, or with ``schema`` (a turn's own output schema)
+        as JSON output instead of ``config.response_schema``. Not for an agent with function
+        declarations: Gemini 2.x answers "Function calling with a response mime type:
+        'application/json' is unsupported" (HTTP 400), where a turn's schema has always
+        worked, validated (and repaired) by the handle, as it still is then."""
+        if schema is None or self.config.tools:
+            return self.config
+        cached = self.schema_config
+        if cached is not None and cached[0] is schema:
+            return cached[1]
+        from ..structured import OutputSchema
+
+        config = self.config.model_copy(update={
+            "response_mime_type": "application/json",
+            "response_json_schema": OutputSchema.from_config(schema).json_schema})
+        self.schema_config = (schema, config)
+        return config
 
 
 def _json_value(value: Any) -> Any:
@@ -425,8 +449,8 @@ class GeminiRuntime(BaseRuntime):
             finally:
                 client.close()
 
-    async def _stream(self, conv: Conversation,
-                      content: Sequence[Any]) -> AsyncIterator[Event | list]:
+    async def _stream(self, conv: Conversation, content: Sequence[Any], *,
+                      schema: Any = None) -> AsyncIterator[Event | list]:
         state = conv.state
         if not isinstance(state, _AgentState):
             raise BackendError("the gemini agent has no client (it was shut down)",
@@ -440,7 +464,7 @@ class GeminiRuntime(BaseRuntime):
         stream = None
         try:
             stream = await state.client.aio.models.generate_content_stream(
-                model=config.model_name, contents=contents, config=state.config)
+                model=config.model_name, contents=contents, config=state.config_for(schema))
             async for chunk in stream:
                 if chunk.usage_metadata is not None:
                     meta = chunk.usage_metadata

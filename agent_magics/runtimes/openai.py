@@ -14,7 +14,8 @@ get the placeholder key ``not-needed``, never the user's ``OPENAI_API_KEY``.
 What is mapped: system instructions, history (user text and images, assistant text, tool calls
 and their results paired by id), temperature, ``max_output_tokens`` (``max_completion_tokens``
 for OpenAI, ``max_tokens`` for the local servers), tools, structured output
-(``response_format`` json_schema, non-strict), and the request extras of
+(``response_format`` json_schema, non-strict; for one turn's calls the turn's own schema,
+``chat(..., schema=...)``, replaces ``response_schema``), and the request extras of
 :data:`REQUEST_OPTIONS` from ``AgentConfig.options``. The stream maps ``delta.content`` (and
 ``refusal``) to Text, ``delta.reasoning_content`` / ``delta.reasoning`` (DeepSeek, vLLM, Ollama,
 LM Studio, OpenRouter) to Thought, ``delta.tool_calls`` (assembled by index) to ToolCall, and
@@ -457,6 +458,9 @@ class _AgentState:
     model: str
     key_vars: tuple[str, ...]
     fixed: dict[str, Any]  # the request's parts that do not change between calls
+    #: (a turn's own schema, its response_format): made at the turn's first call, reused by
+    #: its later calls (tool rounds, a repair)
+    schema_format: tuple[Any, Any] | None = None
 
 
 class OpenAIRuntime(BaseRuntime):
@@ -557,16 +561,23 @@ class OpenAIRuntime(BaseRuntime):
 
     # -- one model call ---------------------------------------------------------------------
 
-    def request_for(self, conv: Conversation, content: Sequence[Any]) -> dict[str, Any]:
-        """The keyword arguments of ``chat.completions.create`` for this call."""
+    def request_for(self, conv: Conversation, content: Sequence[Any], *,
+                    schema: Any = None) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for this call; ``schema`` (a
+        turn's own output schema) is asked for instead of ``config.response_schema``."""
         state: _AgentState = conv.state
         request = dict(state.fixed)
+        if schema is not None:
+            cached = state.schema_format
+            if cached is None or cached[0] is not schema:
+                cached = state.schema_format = (schema, _response_format(schema))
+            request["response_format"] = cached[1]
         request["messages"] = build_messages(conv.config.system_instructions, conv.steps,
                                              content)
         return request
 
-    async def _stream(self, conv: Conversation,
-                      content: Sequence[Any]) -> AsyncIterator[Event | list]:
+    async def _stream(self, conv: Conversation, content: Sequence[Any], *,
+                      schema: Any = None) -> AsyncIterator[Event | list]:
         state: _AgentState = conv.state
         stream = None
         finish_reason: str | None = None
@@ -574,8 +585,8 @@ class OpenAIRuntime(BaseRuntime):
         calls = _ToolCalls()
         declared = _REASONING_DECLARED
         try:
-            stream = await state.client.chat.completions.create(**self.request_for(conv,
-                                                                                   content))
+            stream = await state.client.chat.completions.create(
+                **self.request_for(conv, content, schema=schema))
             async for chunk in stream:
                 choices = chunk.choices
                 if choices:

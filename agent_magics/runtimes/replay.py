@@ -572,11 +572,17 @@ class RecordingRuntime:
 
     # -- chatting ------------------------------------------------------------------------------
 
-    def chat(self, agent_id: str, content: Sequence[Any]) -> AsyncIterator[Event | list]:
+    def chat(self, agent_id: str, content: Sequence[Any], *,
+             schema: Any = None) -> AsyncIterator[Event | list]:
+        from ..runtime import chat_kwargs
+
         content = list(content)
         info = self._agents.get(agent_id) or _AgentInfo.of(None)
         request = _summary(info, self.inner.history(agent_id), content)
-        stream = self.inner.chat(agent_id, content)  # raises now for an unknown agent
+        # a turn's own schema goes on to the real runtime; the cassette's request summary
+        # keeps the config's schema name only (replay validates the recorded text as before)
+        stream = self.inner.chat(agent_id, content,  # raises now for an unknown agent
+                                 **chat_kwargs(self.inner, schema=schema))
         return self._tap(stream, info, request, self._writer.next_index())
 
     async def send(self, agent_id: str, content: Sequence[Any]) -> None:

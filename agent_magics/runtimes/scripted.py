@@ -7,7 +7,8 @@ Each model call consumes the next scripted item:
 * a :class:`Reply` gives full control (thoughts, tool calls, usage, delays, mid-stream failure);
 * a callable ``item(prompt: str, call: ScriptedCall)`` returns one of the above, computed per call.
 
-When the script runs out it echoes the prompt. ``runtime.calls`` lists every call received.
+When the script runs out it echoes the prompt. ``runtime.calls`` lists every call received
+(with the turn's own output schema, ``schema``, when the handle passed one).
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class ScriptedCall:
     content: list[Any]
     config: AgentConfig
     history: list[Step] = field(default_factory=list)
+    #: the turn's own output schema this call was asked for (``chat(..., schema=...)``), as
+    #: given; None when the call used the config's ``response_schema`` (or none)
+    schema: Any = None
 
     @property
     def prompt(self) -> str:
@@ -129,9 +133,10 @@ class ScriptedRuntime(BaseRuntime):
             item = item(call.prompt, call)
         return item
 
-    async def _stream(self, conv: Conversation,
-                      content: Sequence[Any]) -> AsyncIterator[Event | list]:
-        call = ScriptedCall(conv.agent_id, list(content), conv.config, list(conv.steps))
+    async def _stream(self, conv: Conversation, content: Sequence[Any], *,
+                      schema: Any = None) -> AsyncIterator[Event | list]:
+        call = ScriptedCall(conv.agent_id, list(content), conv.config, list(conv.steps),
+                            schema)
         self.calls.append(call)
         item = self._next_item(call)
         if isinstance(item, BaseException):
