@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,3 +178,17 @@ class Kernel:
             self.client.stop_channels()
         finally:
             self.km.shutdown_kernel(now=True)
+
+
+@contextlib.contextmanager
+def running_kernel(setup: str | None = None, **env: str) -> Iterator[Kernel]:
+    """A kernel with ``env`` (e.g. AGENT_MAGICS_HOME=...) that has run ``setup``; shut down
+    after."""
+    kernel = Kernel(env=env)
+    try:
+        if setup is not None:
+            result = kernel.execute(setup)
+            assert result.ok, result.errors
+        yield kernel
+    finally:
+        kernel.shutdown()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from kernel_client import Kernel
+from kernel_client import Kernel, running_kernel
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -152,14 +152,8 @@ def run_cell(kernel: Kernel, code: str, *, click: str | None = None, cell_id: bo
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    home = tmp_path_factory.mktemp("approval_home")
-    k = Kernel(env={"AGENT_MAGICS_HOME": str(home)})
-    try:
-        result = k.execute(SETUP)
-        assert result.ok, result.errors
+    with running_kernel(SETUP, AGENT_MAGICS_HOME=str(tmp_path_factory.mktemp("home"))) as k:
         yield k
-    finally:
-        k.shutdown()
 
 
 def value(kernel: Kernel, expression: str) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from kernel_client import Kernel
+from kernel_client import Kernel, running_kernel
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -21,14 +21,8 @@ from agent_magics.types import ToolCall
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    home = tmp_path_factory.mktemp("kernel_home")
-    k = Kernel(env={"AGENT_MAGICS_HOME": str(home)})
-    try:
-        result = k.execute(SETUP)
-        assert result.ok, result.errors
+    with running_kernel(SETUP, AGENT_MAGICS_HOME=str(tmp_path_factory.mktemp("home"))) as k:
         yield k
-    finally:
-        k.shutdown()
 
 
 def final_reply(result):

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("google.antigravity")
 
-from kernel_client import Kernel
+from kernel_client import running_kernel
 
 from tests.servers.base import Fault, WireServer
 from tests.servers.openai import MODEL, Call, ChatServer, Turn, rate_limited
@@ -54,13 +54,9 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kernel(server, home):
-    k = Kernel(env={"AGENT_MAGICS_HOME": str(home), "ANTIGRAVITY_BASE_URL": server.url + "/v1"})
-    try:
-        result = k.execute(SETUP)
-        assert result.ok, result.errors
+    with running_kernel(SETUP, AGENT_MAGICS_HOME=str(home),
+                        ANTIGRAVITY_BASE_URL=server.url + "/v1") as k:
         yield k
-    finally:
-        k.shutdown()
 
 
 @pytest.fixture(autouse=True)

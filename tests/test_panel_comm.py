@@ -10,7 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from kernel_client import Kernel
+from kernel_client import Kernel, running_kernel
 
 from agent_magics import Agent
 from agent_magics.config import key_fingerprint
@@ -424,11 +424,8 @@ def status_of(snapshot, name):
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    k = Kernel(env={"AGENT_MAGICS_HOME": str(tmp_path_factory.mktemp("panel_home"))})
-    try:
+    with running_kernel(AGENT_MAGICS_HOME=str(tmp_path_factory.mktemp("panel_home"))) as k:
         yield k
-    finally:
-        k.shutdown()
 
 
 @pytest.fixture(scope="module")
