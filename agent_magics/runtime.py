@@ -128,20 +128,13 @@ def create_kwargs(runtime: Any, conversation_id: str | None,
     """The optional ``create_agent`` keywords ``runtime`` accepts: ``conversation_id`` (the
     handle's) and ``store_dir`` (the folder of the handle's store file; None for an in-memory
     store). A runtime written against the seed's signature gets neither and keeps working."""
-    import inspect
     import os
 
-    try:
-        params = inspect.signature(runtime.create_agent).parameters.values()
-    except (TypeError, ValueError):
-        return {}
-    names = {p.name for p in params}
-    open_ended = any(p.kind is p.VAR_KEYWORD for p in params)
     store_dir = None
     if store_path and store_path != ":memory:":
         store_dir = os.path.dirname(os.path.abspath(store_path))
     offered = {"conversation_id": conversation_id, "store_dir": store_dir}
-    return {k: v for k, v in offered.items() if open_ended or k in names}
+    return {k: v for k, v in offered.items() if accepts_keyword(runtime.create_agent, k)}
 
 
 @functools.lru_cache(maxsize=512)

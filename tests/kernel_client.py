@@ -108,12 +108,9 @@ class Kernel:
                 else:
                     self.prompts.append(request["content"]["prompt"])
                     self.client.input(answers.pop(0) if answers else "")
-            try:
-                msg = self.client.get_iopub_msg(timeout=min(0.05, remaining))
-            except queue.Empty:
+            msg = self._next_iopub(min(0.05, remaining))
+            if msg is None:
                 continue
-            if msg["msg_type"] in _COMM_TYPES:
-                self.comm_messages.append(msg)
             if msg["parent_header"].get("msg_id") != msg_id:
                 if msg["msg_type"] in ("update_display_data",):
                     messages.append(msg)  # updates from --bg threads may carry another parent
@@ -123,6 +120,17 @@ class Kernel:
                 continue
             messages.append(msg)
         return Execution(self._reply_to(msg_id, deadline), messages, time.monotonic() - start)
+
+    def _next_iopub(self, timeout: float) -> dict[str, Any] | None:
+        """One iopub message (None after ``timeout``); comm messages are also kept in
+        ``comm_messages`` whatever their parent (the panel's publisher thread sends them)."""
+        try:
+            msg = self.client.get_iopub_msg(timeout=timeout)
+        except queue.Empty:
+            return None
+        if msg["msg_type"] in _COMM_TYPES:
+            self.comm_messages.append(msg)
+        return msg
 
     def _reply_to(self, msg_id: str, deadline: float) -> dict[str, Any]:
         """The shell reply to ``msg_id``. Others are skipped: wait_for_ready re-sends
@@ -140,14 +148,10 @@ class Kernel:
         start = len(self.comm_messages)
         deadline = time.monotonic() + seconds
         while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                msg = self.client.get_iopub_msg(timeout=min(0.05, remaining))
-            except queue.Empty:
-                continue
-            if msg["msg_type"] in _COMM_TYPES:
-                self.comm_messages.append(msg)
-                if until is not None and until(msg):
-                    break
+            msg = self._next_iopub(min(0.05, remaining))
+            if msg is not None and msg["msg_type"] in _COMM_TYPES and until is not None \
+                    and until(msg):
+                break
         return self.comm_messages[start:]
 
     def comm_open(self, target_name: str, data: dict[str, Any] | None = None) -> str:
