@@ -19,6 +19,7 @@ pytest.importorskip("google.antigravity")
 
 from kernel_client import running_kernel
 
+from tests.harness_procs import alive, harness_pids
 from tests.servers.base import Fault, WireServer
 from tests.servers.openai import MODEL, Call, ChatServer, Turn, rate_limited
 
@@ -84,33 +85,6 @@ def value(kernel, expression):
 
 def user_texts(body) -> list[str]:
     return [str(m["content"]) for m in body["messages"] if m["role"] == "user"]
-
-
-def harness_pids() -> set[int]:
-    """``localharness`` processes anywhere under this test process (the kernel's children)."""
-    import psutil
-
-    pids = set()
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.name().startswith("localharness") and proc.status() != psutil.STATUS_ZOMBIE:
-                pids.add(proc.pid)
-        except psutil.Error:
-            pass
-    return pids
-
-
-def alive(pids: set[int]) -> set[int]:
-    import psutil
-
-    out = set()
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.add(pid)
-        except psutil.Error:
-            pass
-    return out
 
 
 def test_streamed_reply_is_the_final_bundle_with_metadata_and_usage(kernel, chat):

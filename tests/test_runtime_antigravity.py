@@ -34,43 +34,9 @@ from agent_magics.runtimes.antigravity import (
     state_dir,
     state_root,
 )
+from tests.harness_procs import harness_pids, wait_no_harness
 from tests.servers.base import Fault, WireServer
 from tests.servers.openai import MODEL, Call, ChatServer, Turn, rate_limited, server_error
-
-
-def harness_children() -> list[int]:
-    """Pids of live ``localharness`` processes under this one (psutil, else /proc)."""
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil is usually there
-        me, out = os.getpid(), []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            name = stat[stat.index("(") + 1:stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[1]) == me and name.startswith("localharness") and fields[0] != "Z":
-                out.append(int(pid))
-        return out
-    out = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.name().startswith("localharness") and \
-                    proc.status() != psutil.STATUS_ZOMBIE:
-                out.append(proc.pid)
-        except psutil.Error:
-            pass
-    return out
-
-
-def wait_no_children(timeout: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (left := harness_children()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
 
 
 @pytest.fixture
@@ -102,7 +68,7 @@ def make(server, registry):
     yield make
     for agent in agents:
         run_sync(agent.shutdown(), timeout=20)
-    assert wait_no_children() == []
+    assert wait_no_harness() == set()
 
 
 def user_texts(body) -> list[str]:
@@ -157,7 +123,7 @@ async def test_429_is_retried_in_a_fresh_session(chat, server, make, clock):
     df = agent.usage_df()
     assert df["status"].tolist() == ["quota", "ok"]
     assert df["retry_after_s"].iloc[0] == pytest.approx(1.0)
-    assert len(harness_children()) == 1  # the dead session's harness was ended
+    assert len(harness_pids()) == 1  # the dead session's harness was ended
 
 
 async def test_a_retried_message_is_in_the_harness_history_once(chat, server, make, clock):
@@ -388,19 +354,19 @@ async def test_no_harness_left_after_shutdown_delete_disconnect(chat, make):
     for method in ("shutdown", "delete", "disconnect"):
         agent = make()
         assert await agent.chat_text("hi")
-        assert len(harness_children()) == 1
+        assert len(harness_pids()) == 1
         await getattr(agent, method)()
-        assert wait_no_children() == [], method
+        assert wait_no_harness() == set(), method
 
 
 def test_no_harness_left_after_a_started_handle_is_collected(chat, server, registry):
     agent = Agent(model=f"antigravity:{MODEL}", base_url=server.url + "/v1",
                   runtime=AntigravityRuntime(quota_registry=registry), store=":memory:")
     assert agent.ask("hi")
-    assert len(harness_children()) == 1
+    assert len(harness_pids()) == 1
     del agent
     gc.collect()
-    assert wait_no_children() == []
+    assert wait_no_harness() == set()
 
 
 # -- cancelling, the kernel's interrupt, logging -----------------------------------------------
@@ -415,18 +381,18 @@ async def test_cancel_mid_stream_halts_the_turn_and_keeps_the_session(chat, serv
         if seen == 3:
             break
     await response.cancel()
-    [pid] = harness_children()
+    [pid] = sorted(harness_pids())
     started = time.monotonic()
     assert await agent.chat_text("next") == "after"
     assert time.monotonic() - started < 3.0  # not the ~10 s the stopped stream had left
-    assert harness_children() == [pid]  # the same harness session went on
+    assert harness_pids() == {pid}  # the same harness session went on
     assert [s.status for s in agent.history if s.role == "assistant"] == ["interrupted", "ok"]
 
 
 async def test_the_harness_has_its_own_process_group(chat, make):
     # a kernel interrupt signals the kernel's whole process group; the harness must survive it
     assert await make().chat_text("hi")
-    [pid] = harness_children()
+    [pid] = sorted(harness_pids())
     assert os.getpgid(pid) != os.getpgid(0)
 
 
