@@ -82,8 +82,16 @@ def run_quickstart(path: Path, home: str) -> bool:
     os.environ["AGENT_MAGICS_HOME"] = home  # the kernel inherits it: records stay temporary
     nb = nbformat.read(path, as_version=4)
     print(f"\n6. the quickstart notebook, executed offline in a fresh kernel ({path.name}):")
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(path.parent)}})
+    if os.name == "posix":
+        # a local kernel over Unix sockets: nothing listens on TCP, and the kernel has no
+        # "running over TCP without encryption" warning to print into the tour
+        from jupyter_client.manager import AsyncKernelManager
+
+        client.km = AsyncKernelManager(kernel_name="python3", transport="ipc",
+                                       ip=str(Path(home) / "kernel"))  # absolute: cwd differs
+    client.execute()
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
