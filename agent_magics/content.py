@@ -33,6 +33,7 @@ __all__ = [
     "ALLOWED_MIME_TYPES",
     "MAX_ATTACHMENT_BYTES",
     "MAX_ATTACHMENT_ENV_VAR",
+    "MAX_TABLE_COLUMNS",
     "MAX_TABLE_ROWS",
     "Audio",
     "Document",
@@ -70,6 +71,9 @@ MAX_ATTACHMENT_ENV_VAR = "AGENT_MAGICS_MAX_ATTACHMENT_MB"
 
 #: At most this many rows of a DataFrame, Series or array are sent (a note says so).
 MAX_TABLE_ROWS = 1000
+
+#: At most this many columns of a DataFrame or 2-D array are sent (a note says so).
+MAX_TABLE_COLUMNS = 100
 
 # Other spellings of allowed types.
 _ALIASES = {
@@ -543,14 +547,18 @@ def _truncation_note(shown: int, total: int, what: str) -> str:
     return f"# truncated: showing the first {shown:,} of {total:,} {what}\n"
 
 
-def _fit_table(render, total: int, limit: int, what: str, name: str | None) -> bytes:
+def _fit_table(render, total: int, limit: int, what: str, name: str | None,
+               columns: tuple[int, int] | None = None) -> bytes:
     """Render the first rows of a table as CSV text that fits under ``limit`` bytes.
 
-    ``render(n)`` returns the CSV text of the first ``n`` rows.
+    ``render(n)`` returns the CSV text of the first ``n`` rows; ``columns`` is ``(shown,
+    total)`` when ``render`` already keeps only the first columns (a note then says so).
     """
     rows = min(total, MAX_TABLE_ROWS)
     while True:
         text = render(rows)
+        if columns is not None and columns[0] < columns[1]:
+            text += _truncation_note(columns[0], columns[1], "columns")
         if rows < total:
             text += _truncation_note(rows, total, "rows")
         data = text.encode("utf-8")
@@ -580,8 +588,10 @@ def _frame_to_document(obj: Any, name: str | None, limit: int) -> Document:
         attr_name = getattr(frame, "attrs", {}).get("name")
         label = name or (str(attr_name) if attr_name else "dataframe")
     index = _keep_index(frame)
+    width = frame.shape[1]
+    frame = frame.iloc[:, :MAX_TABLE_COLUMNS]
     data = _fit_table(lambda n: frame.head(n).to_csv(index=index), len(frame), limit,
-                      "DataFrame", label)
+                      "DataFrame", label, columns=(frame.shape[1], width))
     if not data.strip():
         data = b"# empty DataFrame\n"
     return Document(data, "text/csv", _with_suffix(label, ".csv"))
@@ -602,6 +612,12 @@ def _array_to_document(arr: Any, name: str | None, limit: int) -> Document:
         return Document(data, "text/plain", _with_suffix(label, ".txt"))
 
     names = arr.dtype.names
+    width = len(names) if names else (arr.shape[1] if arr.ndim == 2 else 1)
+    if names:
+        names = names[:MAX_TABLE_COLUMNS]
+        arr = arr[list(names)]
+    elif arr.ndim == 2:
+        arr = arr[:, :MAX_TABLE_COLUMNS]
 
     def render(n: int) -> str:
         buf = io.StringIO()
@@ -612,7 +628,8 @@ def _array_to_document(arr: Any, name: str | None, limit: int) -> Document:
             writer.writerow(row if isinstance(row, (list, tuple)) else [row])
         return header + buf.getvalue()
 
-    data = _fit_table(render, len(arr), limit, "array", label)
+    data = _fit_table(render, len(arr), limit, "array", label,
+                      columns=(min(width, MAX_TABLE_COLUMNS), width))
     return Document(data, "text/csv", _with_suffix(label, ".csv"))
 
 
@@ -673,7 +690,8 @@ def to_part(obj: Any, *, name: str | None = None, max_bytes: int | None = None) 
     - ``bytes`` / ``bytearray`` / ``memoryview`` → media of the sniffed type
     - ``os.PathLike`` (``pathlib.Path``) → :meth:`Media.from_file`
     - pandas ``DataFrame`` / ``Series`` → CSV :class:`Document` (first
-      :data:`MAX_TABLE_ROWS` rows, fewer if needed to stay under the size limit)
+      :data:`MAX_TABLE_ROWS` rows, fewer if needed to stay under the size limit, and first
+      :data:`MAX_TABLE_COLUMNS` columns; a note at the end says what was cut)
     - matplotlib ``Figure`` / ``Axes`` → PNG :class:`Image`; PIL image → PNG :class:`Image`
     - numpy array → CSV text :class:`Document`; an object with ``_repr_png_`` → :class:`Image`
     - a :class:`Part` → itself

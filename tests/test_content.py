@@ -18,6 +18,7 @@ from agent_magics.content import (
     ALLOWED_MIME_TYPES,
     MAX_ATTACHMENT_BYTES,
     MAX_ATTACHMENT_ENV_VAR,
+    MAX_TABLE_COLUMNS,
     MAX_TABLE_ROWS,
     Audio,
     Document,
@@ -531,6 +532,32 @@ def test_large_dataframe_is_capped_with_a_note():
     assert len(back) == MAX_TABLE_ROWS
     assert list(back.columns) == ["i", "sq"]
     assert back["i"].tolist() == list(range(MAX_TABLE_ROWS))
+
+
+def test_wide_tables_are_capped_to_their_first_columns_with_a_note():
+    pd = pytest.importorskip("pandas")
+    np = pytest.importorskip("numpy")
+    wide = pd.DataFrame(np.arange(3 * 5000).reshape(3, 5000),
+                        columns=[f"c{i}" for i in range(5000)])
+    text = to_part(wide, name="wide").decode()
+    assert f"# truncated: showing the first {MAX_TABLE_COLUMNS:,} of 5,000 columns" in text
+    back = pd.read_csv(io.StringIO(text), comment="#")
+    assert list(back.columns) == [f"c{i}" for i in range(MAX_TABLE_COLUMNS)]
+    assert back.iloc[2, -1] == 2 * 5000 + MAX_TABLE_COLUMNS - 1
+    assert len(text) < 5_000  # not the 84 kB of all columns
+    # both cuts at once: a note for each
+    both = to_part(pd.DataFrame(np.zeros((2000, 300)))).decode()
+    assert "of 300 columns" in both and "of 2,000 rows" in both
+    # a wide 2-D array, and a structured array with many fields
+    grid = to_part(np.ones((2, 400), dtype=int)).decode().splitlines()
+    assert grid[1] == ",".join(["1"] * MAX_TABLE_COLUMNS)
+    assert grid[-1] == f"# truncated: showing the first {MAX_TABLE_COLUMNS} of 400 columns"
+    fields = np.zeros(1, dtype=[(f"f{i}", "i4") for i in range(150)])
+    lines = to_part(fields).decode().splitlines()
+    assert lines[1].split(",")[-1] == f"f{MAX_TABLE_COLUMNS - 1}"
+    assert lines[-1].endswith("of 150 columns")
+    # narrow tables carry no column note
+    assert "columns" not in to_part(pd.DataFrame({"a": [1]})).decode()
 
 
 def test_dataframe_is_shrunk_to_fit_the_limit():
