@@ -743,7 +743,7 @@ class Agent:
                                     id=call.id, is_error=True)
                 status = "error"
             else:
-                result, status = await self._checked_call(spec, call, turn)
+                result, status = await self._checked_call(spec, call, turn, step_id)
         except BaseException as exc:
             self._cut_off_tools(call, step_id, exc, turn, response, answered, later)
             raise
@@ -787,7 +787,8 @@ class Agent:
             log.exception("could not record the tool calls of %r cut off by its turn's end",
                           self.name)
 
-    async def _checked_call(self, spec: Any, call: ToolCall, turn: int) -> tuple[ToolResult, str]:
+    async def _checked_call(self, spec: Any, call: ToolCall, turn: int,
+                            step_id: int) -> tuple[ToolResult, str]:
         decision = await self._policies.check(call, writes=spec.write, asker=self.asker)
         if not decision.allowed:
             return ToolResult(call.name, f"denied: {decision.reason}", id=call.id,
@@ -798,8 +799,10 @@ class Agent:
             if not hd.allowed:
                 return ToolResult(call.name, f"denied: {hd.message or 'refused by a hook'}",
                                   id=call.id, is_error=True), "denied"
-            if hd.args is not None:
+            if hd.args is not None and hd.args != call.args:
                 call = ToolCall(call.name, hd.args, id=call.id)
+                # the record shows the call as it ran; the model's history keeps what it asked
+                self.store.update_step(step_id, text=call.text, data=call.args)
         try:
             value = await self._invoke(spec, call)
         except Exception as exc:

@@ -784,13 +784,17 @@ class Store:
             return self._write(_STEP_INSERT, params)
 
     def update_step(self, step_id: int, *, text: str | None = None, status: str | None = None,
-                    finished_at: datetime | None = None) -> None:
-        """Change a step in place (e.g. the streamed text so far, ``interrupted``)."""
+                    finished_at: datetime | None = None, data: Any = None) -> None:
+        """Change a step in place (e.g. the streamed text so far, ``interrupted``, the arguments
+        a hook gave a tool call)."""
         sets: list[str] = []
         params: list[Any] = []
         if text is not None:
             sets.append("text = ?")
             params.append(_scrub(text))
+        if data is not None:
+            sets.append("data = ?")
+            params.append(_dump_json(data))
         if status is not None:
             sets.append("status = ?")
             params.append(status)

@@ -802,6 +802,10 @@ async def test_hooks_run_in_order_and_can_rewrite_deny_and_replace(make, runtime
     assert events == [("pre_turn", 1), ("pre_tool_call", "add"), ("post_tool_call", 7),
                       ("post_turn", "seven")]
     assert agent.history_df().query("role == 'user'").text.tolist() == ["ADD PLEASE"]
+    # the record shows the call as it ran; the model's own history keeps what it asked for
+    recorded = agent.history_df().query("kind == 'tool_call'")
+    assert recorded.text.tolist() == ['add({"a": 4, "b": 3})']
+    assert [s.text for s in agent.history if s.kind == "tool_call"] == ['add({"a": 2, "b": 3})']
 
     denying = Hooks(pre_turn=lambda ctx: Deny("not on Sundays"))
     blocked = make(name="blocked", hooks=denying)
