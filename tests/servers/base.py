@@ -123,7 +123,12 @@ class WireServer:
 
             do_GET = do_POST = do_DELETE = _handle
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            # the default backlog of 5 resets connections when many clients open at once,
+            # which real servers do not do; bursts of concurrent requests are what tests send
+            request_queue_size = 128
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="wire-server",
                                         kwargs={"poll_interval": 0.05}, daemon=True)
