@@ -290,6 +290,11 @@ class Agent:
             if self._agent_id is not None:
                 return self._agent_id
             self._validate()  # raises PolicyError / ConfigError before create_agent
+            if self.parent is None:
+                # the key as of now: one set after the handle was made (say, after a failed
+                # first cell asked for it) must not leave the handle on another key's state
+                self.quota = self._runtime.quota_registry.state_for_key(
+                    self.config.effective_api_key() or "")
             if self.config.rpm or self.config.tpm:
                 self.quota.set_limits(rpm=self.config.rpm, tpm=self.config.tpm)
             store = self.store

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agent_magics import Agent, AgentConfig
+from agent_magics import Agent, AgentConfig, QuotaRegistry
 from agent_magics.errors import (
     AgentNotStarted,
     BackendError,
@@ -1081,3 +1081,19 @@ async def test_settle_tool_calls_answers_each_unanswered_call_after_its_block(ru
         ("tool_result", "c1", "ok", "c done"), ("tool_result", "d1", "interrupted", "stopped")]
     assert steps[1].status == "ok" and len(steps) == len(history) + 3
     assert runtime.settle_tool_calls(agent_id, []) == 0  # settled already: nothing changes
+
+
+async def test_a_key_set_after_the_handle_was_made_is_the_one_it_uses(monkeypatch):
+    # a notebook's first cell fails for want of a key; the user sets it and runs the cell again
+    from agent_magics.config import key_fingerprint
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    runtime = ScriptedRuntime(["hi"], quota_registry=QuotaRegistry())
+    agent = Agent(model="openai:gpt-4o-mini", runtime=runtime, store=":memory:", name="late")
+    keyless = runtime.quota_registry.state_for_key("")
+    assert agent.quota is keyless
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-set-later-0000000000000000")
+    assert await agent.chat_text("hello") == "hi"
+    assert agent.quota is runtime.quota_registry.state_for_key("sk-set-later-0000000000000000")
+    assert agent.quota is not keyless
+    assert agent.usage_df()["key_id"].tolist() == [key_fingerprint("sk-set-later-0000000000000000")]
