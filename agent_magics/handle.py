@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -99,6 +100,8 @@ class _Attempt:
         self.text_chunks = 0  # 0 until the attempt has streamed any text
         self.finish: Finish | None = None
 
+
+_RETRY_IN = re.compile(r";?\s*retry in [0-9.]+s\s*$")
 
 class Agent:
     """A named agent bound to a runtime. Construct cheaply; it starts on first use."""
@@ -622,6 +625,8 @@ class Agent:
                     reply.rollback()
                 if attempt == max_retries:
                     said = scrub_secrets(str(exc)).strip().splitlines()
+                    if said:  # its own "retry in …" would say the same as ours, twice
+                        said[0] = _RETRY_IN.sub("", said[0])
                     raise QuotaExceeded(
                         f"quota exceeded for {self.config.model} after {attempt + 1} "
                         f"attempt(s){': ' + said[0][:200] if said else ''}; retry in "

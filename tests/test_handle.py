@@ -50,6 +50,9 @@ async def test_max_quota_retries_zero_makes_exactly_one_call(make, runtime):
         await agent.chat_text("hi")
     assert len(runtime.calls) == 1
     assert info.value.retry_after == 1.0
+    # one line that says when to retry, once
+    assert str(info.value) == ("quota exceeded for scripted:echo after 1 attempt(s): quota "
+                               "exceeded; retry in 1s or raise max_quota_retries")
 
 
 async def test_max_quota_retries_one_makes_two_calls(make, runtime):

@@ -72,3 +72,26 @@ def test_line_magic_map(shell):
     assert out["status"].tolist() == ["ok", "ok"]
     captured = run(shell, "%agent map nosuch")
     assert "nosuch" in captured.stderr
+
+
+def test_config_values_of_the_wrong_type_are_one_line_not_a_traceback(shell):
+    for setting, said in (("max_quota_retries=abc", "'abc' is not a whole number"),
+                          ("rpm=fast", "'fast' is not a number"),
+                          ("interpolate=maybe", "'maybe' is not true or false")):
+        captured = run(shell, f"%agent config {setting}")
+        lines = captured.stderr.strip().splitlines()
+        assert len(lines) == 1 and said in lines[0], captured.stderr
+        assert "Traceback" not in captured.stdout + captured.stderr
+    run(shell, "%agent config interpolate=off max_quota_retries=5")  # still usable
+    magics = shell.magics_manager.registry["AgentMagics"]
+    assert (magics.interpolate, magics.max_quota_retries) == (False, 5)
+
+
+def test_output_variable_must_be_a_python_name(shell):
+    for bad in ("1bad", "x.y", "class"):
+        captured = run(shell, f"%%agent named -o {bad}\nhi")
+        assert f"{bad!r} is not a Python variable name" in captured.stderr, captured.stderr
+        assert bad not in shell.user_ns
+    import agent_magics
+
+    assert "named" not in agent_magics.agents  # refused before anything ran

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import keyword
 import shlex
 import sys
 import threading
@@ -95,12 +96,19 @@ def _agent_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-t", "--tools")
 
 
+def _variable_name(text: str) -> str:
+    """``-o``'s value: a name a later cell can use."""
+    if not text.isidentifier() or keyword.iskeyword(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Python variable name")
+    return text
+
+
 def _cell_parser() -> _Parser:
     p = _Parser(prog="%%agent", add_help=False)
     p.usage_line = CELL_USAGE
     p.add_argument("name", nargs="?", default="default")
     _agent_options(p)
-    p.add_argument("-o", "--output", dest="output")
+    p.add_argument("-o", "--output", dest="output", type=_variable_name)
     p.add_argument("-f", "--format", dest="fmt",
                    choices=("markdown", "text", "code", "json"))
     p.add_argument("--schema")
@@ -729,16 +737,7 @@ class AgentMagics(Magics):
             if not sep or key not in self._CONFIGURABLE:
                 raise ConfigError(f"config: {setting!r} is not key=value with key one of "
                                   f"{', '.join(self._CONFIGURABLE)}")
-            trait = self.traits()[key]
-            value: Any = raw
-            if isinstance(trait, Int):
-                value = int(raw)
-            elif isinstance(trait, Float):
-                value = None if raw in ("None", "") else float(raw)
-            elif isinstance(trait, Bool):
-                value = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif raw in ("None", ""):
-                value = None
+            value = self._config_value(key, raw)
             try:
                 setattr(self, key, value)
             except Exception as exc:
@@ -747,6 +746,26 @@ class AgentMagics(Magics):
                 for agent in self.agents.values():
                     agent.config.rpm, agent.config.tpm = self.rpm, self.tpm
                     agent.quota.set_limits(rpm=self.rpm, tpm=self.tpm)
+
+    _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+    def _config_value(self, key: str, raw: str) -> Any:
+        """``raw`` (from ``%agent config key=raw``) as the trait's type, or a ConfigError."""
+        trait = self.traits()[key]
+        word = raw.strip().lower()
+        try:
+            if isinstance(trait, Int):
+                return int(raw)
+            if isinstance(trait, Float):
+                return None if raw in ("None", "") else float(raw)
+        except ValueError:
+            kind = "a whole number" if isinstance(trait, Int) else "a number (or None)"
+            raise ConfigError(f"config {key}: {raw!r} is not {kind}") from None
+        if isinstance(trait, Bool):
+            if word not in self._TRUE + self._FALSE:
+                raise ConfigError(f"config {key}: {raw!r} is not true or false")
+            return word in self._TRUE
+        return None if raw in ("None", "") else raw
 
     # -- helpers --------------------------------------------------------------------------------
 
