@@ -627,6 +627,16 @@ USAGE = [
         by_agent[COUNTS]
     """),
     md("""
+        `--by day` gives the same sums per UTC day, the daily spend over weeks of work. This
+        notebook ran within one day, so there is one row (its date changes from run to run,
+        so it is left out here).
+    """),
+    code("""
+        by_day = %agent usage --by day
+        print(len(by_day), "day;", "index:", by_day.index.name, "in", by_day.index.tz)
+        by_day[COUNTS].reset_index(drop=True)
+    """),
+    md("""
         ## A pivot and a cost estimate
 
         Total tokens per agent and model, as a table:
