@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .config import AgentConfig, scrub_secrets
@@ -540,8 +542,9 @@ class Agent:
         """pre_turn hooks: raise PolicyError on a deny; return the (possibly new) content."""
         if not self._hooks or not self._hooks.has("pre_turn"):
             return parts
-        decision = await self._hooks.decide("pre_turn", self._hook_context("pre_turn", turn=turn,
-                                                                         content=parts))
+        decision = await self._hooks.decide(
+            "pre_turn", self._hook_context("pre_turn", turn=turn, content=parts),
+            runner=self._user_code_runner())
         if not decision.allowed:
             raise PolicyError(f"turn refused by a pre_turn hook: {decision.message or 'denied'}")
         if decision.content is not None:
@@ -799,13 +802,14 @@ class Agent:
 
     async def _checked_call(self, spec: Any, call: ToolCall, turn: int,
                             step_id: int) -> tuple[ToolResult, str]:
-        decision = await self._policies.check(call, writes=spec.write, asker=self.asker)
+        decision = await self._policies.check(call, writes=spec.write, asker=self.asker,
+                                              runner=self._user_code_runner())
         if not decision.allowed:
             return ToolResult(call.name, f"denied: {decision.reason}", id=call.id,
                               is_error=True), "denied"
         if self._hooks and self._hooks.has("pre_tool_call"):
             hd = await self._hooks.decide("pre_tool_call", self._hook_context(
-                "pre_tool_call", turn=turn, call=call))
+                "pre_tool_call", turn=turn, call=call), runner=self._user_code_runner())
             if not hd.allowed:
                 return ToolResult(call.name, f"denied: {hd.message or 'refused by a hook'}",
                                   id=call.id, is_error=True), "denied"
@@ -819,7 +823,8 @@ class Agent:
             text = f"error: {type(exc).__name__}: {scrub_secrets(str(exc))}"
             if self._hooks and self._hooks.has("on_tool_error"):
                 text = await self._hooks.tool_error_text(
-                    self._hook_context("on_tool_error", turn=turn, call=call, error=exc), text)
+                    self._hook_context("on_tool_error", turn=turn, call=call, error=exc), text,
+                    runner=self._user_code_runner())
             return ToolResult(call.name, text, id=call.id, is_error=True), "error"
         await self._emit("post_tool_call", turn=turn, call=call, result=value)
         return ToolResult(call.name, value, id=call.id), "ok"
@@ -877,7 +882,16 @@ class Agent:
 
     async def _emit(self, event: str, **fields: Any) -> None:
         if self._hooks and self._hooks.has(event):
-            await self._hooks.emit(event, self._hook_context(event, **fields))
+            await self._hooks.emit(event, self._hook_context(event, **fields),
+                                   runner=self._user_code_runner())
+
+    def _user_code_runner(self) -> Callable[..., Any] | None:
+        """Where hooks and approval handlers run: with the tools (in a kernel, its main
+        thread, beside the notebook objects they touch), else on the agents' loop."""
+        run = self.tool_runner
+        if run is None:
+            return None
+        return lambda fn, *args: run(functools.partial(fn, *args))
 
     # -- errors ---------------------------------------------------------------------------------
 

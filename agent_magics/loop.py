@@ -11,16 +11,33 @@ import asyncio
 import atexit
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["background_loop", "in_background_loop", "run_async", "run_sync"]
+__all__ = ["background_loop", "in_background_loop", "run_async", "run_sync", "set_waiter"]
 
 T = TypeVar("T")
+#: ``waiter(future, timeout)`` blocks a thread for a future's result while doing that thread's
+#: share of the work meanwhile (see :func:`set_waiter`).
+Waiter = Callable[[concurrent.futures.Future, "float | None"], Any]
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
+_waiters: dict[int, Waiter] = {}  # thread ident -> how that thread waits in run_sync
+
+
+def set_waiter(waiter: Waiter | None) -> None:
+    """How :func:`run_sync` waits on the calling thread (``None``: a plain blocking wait).
+
+    The kernel's main thread runs notebook tools and hooks for the agents' loop; a cell calling
+    ``agent.ask()`` blocks that thread for the turn, so it must run that work while it waits,
+    or the turn would wait for the very thread that waits for it."""
+    ident = threading.get_ident()
+    if waiter is None:
+        _waiters.pop(ident, None)
+    else:
+        _waiters[ident] = waiter
 
 
 def background_loop() -> asyncio.AbstractEventLoop:
@@ -61,19 +78,23 @@ async def run_async(coro: Coroutine[Any, Any, T]) -> T:
     return await asyncio.wrap_future(future)
 
 
-def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None, *,
+             serve: bool = True) -> T:
     """Run ``coro`` on the background loop and block this thread for its result.
 
     Works in a plain script, under a running loop in this thread (IPython, a Jupyter kernel)
     and from worker threads. Called *on* the background loop it would deadlock, so it refuses.
     A ``KeyboardInterrupt`` while waiting cancels the coroutine before propagating.
+    ``serve=False`` waits plainly even where :func:`set_waiter` set a waiter (for a caller
+    that serves this thread's work itself, once ``coro`` returns).
     """
     if in_background_loop():
         coro.close()
         raise RuntimeError("run_sync() called from the agent_magics loop; use 'await' instead")
     future = asyncio.run_coroutine_threadsafe(coro, background_loop())
+    waiter = _waiters.get(threading.get_ident()) if serve else None
     try:
-        return future.result(timeout)
+        return future.result(timeout) if waiter is None else waiter(future, timeout)
     except KeyboardInterrupt:
         future.cancel()
         try:  # give the task a moment to record its partial reply as interrupted

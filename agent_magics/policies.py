@@ -386,7 +386,7 @@ class PolicySet:
 
         An "ask" is resolved by the rule's handler, else ``asker``; with neither the call is
         denied. A handler or asker that raises denies the call (fail closed). ``runner(fn,
-        call)``, when given, runs the handler/asker (e.g. on the kernel's main thread).
+        call)``, when given, runs a rule's handler (e.g. on the kernel's main thread).
         """
         try:
             decision = self.decide(call, writes=writes)
@@ -401,7 +401,9 @@ class PolicySet:
             return PolicyDecision("deny", rule, f"tool {call.name!r} {NO_ASKER_REASON}")
         who = callable_name(handler)
         try:
-            answer = await _call(handler, call, runner=runner)
+            # the asker already asks where it can (in a kernel: buttons or input() on the
+            # main thread); only a rule's own handler is the caller's code to place
+            answer = await _call(handler, call, runner=runner if handler is not asker else None)
         except Exception as exc:
             return PolicyDecision("deny", rule, f"approval handler {who} failed, so tool "
                                                 f"{call.name!r} was denied: "

@@ -252,6 +252,80 @@ def test_ask_user_without_stdin_denies_with_a_clear_message(kernel):
     assert kinds == "['denied']"
 
 
+def test_ask_from_a_cell_runs_the_turns_notebook_tools_instead_of_deadlocking(kernel):
+    # after a %%agent cell the handle runs its tools on the main thread; agent.ask() in a
+    # later cell blocks that thread for the turn, so it must run them while it waits
+    kernel.execute("""
+import threading
+def add(a: int, b: int) -> int:
+    \"\"\"Add two numbers.\"\"\"
+    return a + b
+async def later(n: int) -> int:
+    \"\"\"Wait a moment, then return n.\"\"\"
+    await asyncio.sleep(0.01)
+    return n
+import asyncio
+agents['asker'] = Agent(name='asker', tools=[add, later], runtime=ScriptedRuntime(
+    ['ready', Reply('', tool_calls=[ToolCall('add', {'a': 2, 'b': 3})]), 'five',
+     Reply('', tool_calls=[ToolCall('later', {'n': 8})]), 'eight']))
+""")
+    assert kernel.execute("%%agent asker\nready?").ok
+    result = kernel.execute("print(agents['asker'].ask('add 2 and 3'))", timeout=30)
+    assert result.ok, result.errors
+    assert result.stdout.strip() == "five"
+    result = kernel.execute("agents['asker'].ask('wait for 8')", timeout=30)
+    assert result.ok and result.result_text() == "'eight'", result.errors
+    steps = value(kernel, "[(s.kind, s.text) for s in agents['asker'].history "
+                          "if s.kind == 'tool_result']")
+    assert steps == "[('tool_result', '5'), ('tool_result', '8')]"
+
+
+def test_interrupting_ask_in_a_cell_stops_the_turn_and_keeps_the_handle(kernel):
+    kernel.execute("agents['asked'] = Agent(name='asked', runtime=ScriptedRuntime("
+                   "['bound', ' '.join(['word'] * 400), 'after'], chunk_delay=0.02))")
+    assert kernel.execute("%%agent asked\nbind me").ok  # now its work runs on this thread
+    result = kernel.execute("agents['asked'].ask('go')", interrupt_after=1.0)
+    assert result.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert result.seconds < 1.0 + 4.0, result.seconds  # not the 8 s of the whole reply
+    statuses = value(kernel, "[s.status for s in agents['asked'].history if s.role == "
+                             "'assistant']")
+    assert statuses == "['ok', 'interrupted']"
+    assert value(kernel, "agents['asked'].ask('next')") == "'after'"
+
+
+def test_hooks_and_approval_handlers_run_on_the_kernel_main_thread(kernel):
+    kernel.execute("""
+import threading
+from agent_magics.policies import ask_user
+seen = {}
+def note(event):
+    def hook(ctx):
+        seen[event] = threading.current_thread().name
+    return hook
+def approve(call):
+    seen['handler'] = threading.current_thread().name
+    return True
+def touch() -> str:
+    \"\"\"Touch something.\"\"\"
+    return 'touched'
+agents['hooked'] = Agent(name='hooked', tools=[touch], policies=[ask_user('touch', approve)],
+    hooks={e: note(e) for e in ('on_session_start', 'pre_turn', 'pre_tool_call',
+                                'post_tool_call', 'post_turn')},
+    runtime=ScriptedRuntime([Reply('', tool_calls=[ToolCall('touch', {})]), 'done']))
+""")
+    result = kernel.execute("%%agent hooked\ngo")
+    assert result.ok, result.errors
+    assert value(kernel, "str((sorted(set(seen.values())), sorted(seen)))") == (
+        "\"(['MainThread'], ['handler', 'on_session_start', 'post_tool_call', 'post_turn', "
+        "'pre_tool_call', 'pre_turn'])\"")
+    # and shutting down runs on_session_end there too, without hanging the cell
+    kernel.execute("agents['ended'] = Agent(name='ended', "
+                   "hooks={'on_session_end': note('on_session_end')})")
+    assert kernel.execute("%%agent ended\nhi").ok
+    assert kernel.execute("%agent shutdown ended", timeout=30).ok
+    assert value(kernel, "seen['on_session_end']") == "'MainThread'"
+
+
 def test_async_notebook_tools_run_on_the_kernel_loop(kernel):
     kernel.execute("""
 import asyncio

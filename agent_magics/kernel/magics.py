@@ -285,6 +285,7 @@ class AgentMagics(Magics):
     def __init__(self, shell: Any = None, **kwargs: Any):
         super().__init__(shell=shell, **kwargs)
         from .. import agents
+        from ..loop import set_waiter
         from .mainthread import MainThread
 
         self.agents = agents
@@ -293,6 +294,8 @@ class AgentMagics(Magics):
         except RuntimeError:
             kernel_loop = None
         self.main = MainThread(kernel_loop)
+        # agent.ask() in a cell blocks this thread: it runs the turn's notebook tools meanwhile
+        set_waiter(self.main.block_on)
         #: Background (--bg) turns still being shown, per agent name.
         self.background: dict[str, list[TurnRunner]] = {}
         self._cell = _cell_parser()
@@ -796,9 +799,11 @@ def load_ipython_extension(shell: Any) -> None:
 
 
 def unload_ipython_extension(shell: Any) -> None:
+    from ..loop import set_waiter
     from . import panel
 
     panel.uninstall()
+    set_waiter(None)
     # IPython has no unregister; drop our magics from the table.
     for kind in ("line", "cell"):
         shell.magics_manager.magics[kind].pop("agent", None)

@@ -22,6 +22,7 @@ import inspect
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -60,6 +61,26 @@ class MainThread:
         return await asyncio.wrap_future(future)
 
     # -- the main thread's side ---------------------------------------------------------------
+
+    def block_on(self, future: concurrent.futures.Future, timeout: float | None = None) -> Any:
+        """Wait for ``future`` on the main thread (``agent.ask()`` in a cell, via
+        :func:`agent_magics.loop.run_sync`), running the work queued for this thread meanwhile:
+        the turn being waited for may need a notebook tool or hook run here."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # its completion queues a no-op, so the wait below ends at once
+        future.add_done_callback(
+            lambda _: self._queue.put((_nothing, concurrent.futures.Future())))
+        while not future.done():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise concurrent.futures.TimeoutError()
+            try:
+                fn, done = self._queue.get(timeout=left)
+            except queue.Empty:
+                continue
+            self._run_one(fn, done)
+            self.drain()
+        return future.result()
 
     @property
     def waiting_async(self) -> bool:
@@ -171,13 +192,16 @@ class MainThread:
                 fn, future = self._queue.get_nowait()
             except queue.Empty:
                 return ran
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(self._call(fn))
-            except BaseException as exc:  # handed to the awaiting tool call, not raised here
-                future.set_exception(exc)
-            ran += 1
+            ran += self._run_one(fn, future)
+
+    def _run_one(self, fn: Callable[[], Any], future: concurrent.futures.Future) -> bool:
+        if not future.set_running_or_notify_cancel():
+            return False  # its caller gave up on it
+        try:
+            future.set_result(self._call(fn))
+        except BaseException as exc:  # handed to the awaiting tool call, not raised here
+            future.set_exception(exc)
+        return True
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         result = fn()
@@ -200,6 +224,10 @@ class MainThread:
             nest_asyncio2.apply(loop)
             self._nested = True
         return loop.run_until_complete(_as_coroutine(awaitable))
+
+
+def _nothing() -> None:
+    return None
 
 
 async def _as_coroutine(awaitable: Any) -> Any:
