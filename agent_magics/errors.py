@@ -98,20 +98,41 @@ def error_line(exc: BaseException) -> str:
 # -- recognising quota errors from any backend ------------------------------------------------
 
 _QUOTA_STATUSES = {429, 503, 529}
-# "status 429", "status_code=503", "HTTP/1.1 429", "Error code: 429", or a message that starts
+# "status 429", "status_code=503", "HTTP/1.1 429", "Error code: 429", Go's "Error 503, Message:
+# ..." (google.golang.org/genai, as the Antigravity harness reports it), or a message that starts
 # with the code ("429 RESOURCE_EXHAUSTED ..."); not any number that happens to be 429.
 _STATUS_IN_TEXT = re.compile(
-    r"(?:^\s*|status(?:[ _]code)?[\s:=]*|\bHTTP[/ 0-9.]*\s|\berror code:?\s*)(\d{3})\b",
-    re.IGNORECASE)
+    r"(?:^\s*|status(?:[ _]code)?[\s:=]*|\bHTTP[/ 0-9.]*\s|\berror code:?\s*)(\d{3})\b"
+    r"|\berror (\d{3}), message:", re.IGNORECASE)
+# the status names of google.rpc codes that mean "wait and retry" ("Status: UNAVAILABLE",
+# "status": "UNAVAILABLE"); RESOURCE_EXHAUSTED counts anywhere in the text
+_QUOTA_STATUS_NAME = re.compile(r"\bstatus['\"]?\s*[:=]\s*['\"]?UNAVAILABLE\b")
+# one duration: "1.5s", "350ms", "20.5 seconds", "2 minutes" or Go's "6m0s" / "1m30s" / "2h"
+_UNIT = r"(?:milliseconds?|ms|minutes?|mins?|m|hours?|hrs?|h|seconds?|secs?|s)(?![a-z])"
+_DURATION_PIECE = re.compile(r"([0-9]*\.?[0-9]+)\s*(" + _UNIT + ")", re.IGNORECASE)
+_DURATION = r"((?:[0-9]*\.?[0-9]+\s*" + _UNIT + r"\s*)+)"
 _RETRY_HINTS = (
-    # "Please try again in 1s", "try again in 20.5 seconds", "try again in 350ms"
-    re.compile(r"try again in\s+([0-9]*\.?[0-9]+)\s*(ms|milliseconds?|s|sec|secs|seconds?)\b",
-               re.IGNORECASE),
+    # "Please try again in 1s", "try again in 20.5 seconds", "try again in 350ms",
+    # "try again in 6m0s"; Gemini's "Please retry in 17.38s."
+    re.compile(r"\b(?:try again|retry) in\s+" + _DURATION, re.IGNORECASE),
     # Gemini RetryInfo: "retryDelay": "17s" / retryDelay: 17.5s
-    re.compile(r"retry_?delay['\"]?\s*[:=]\s*['\"]?([0-9]*\.?[0-9]+)\s*(ms|s)\b", re.IGNORECASE),
-    # "Retry-After: 3"
+    re.compile(r"retry_?delay['\"]?\s*[:=]\s*['\"]?" + _DURATION, re.IGNORECASE),
+    # "Retry-After: 3" (seconds)
     re.compile(r"retry-after['\"]?\s*[:=]\s*['\"]?([0-9]*\.?[0-9]+)()", re.IGNORECASE),
 )
+
+
+def _seconds(value: str, unit: str) -> float:
+    unit = unit.lower()
+    if unit.startswith("milli") or unit == "ms":
+        scale = 0.001
+    elif unit.startswith("m"):
+        scale = 60.0
+    elif unit.startswith("h"):
+        scale = 3600.0
+    else:
+        scale = 1.0
+    return float(value) * scale
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -124,15 +145,17 @@ def _status_of(exc: BaseException) -> int | None:
     if isinstance(value, int):
         return value
     match = _STATUS_IN_TEXT.search(str(exc))
-    return int(match.group(1)) if match else None
+    return int(match.group(1) or match.group(2)) if match else None
 
 
 def _retry_hint(text: str) -> float | None:
+    """The wait a provider's message asks for, in seconds ("try again in 6m0s" is 360)."""
     for pattern in _RETRY_HINTS:
         match = pattern.search(text)
         if match:
-            value = float(match.group(1))
-            return value / 1000.0 if match.group(2).lower().startswith("m") else value
+            if match.lastindex == 2:  # a bare number of seconds
+                return float(match.group(1))
+            return sum(_seconds(v, u) for v, u in _DURATION_PIECE.findall(match.group(1)))
     return None
 
 
@@ -140,7 +163,8 @@ def quota_retry_after(exc: BaseException) -> float | None:
     """If ``exc`` is a quota error, the seconds to wait before retrying; else ``None``.
 
     Recognised: :class:`QuotaExceeded`, anything carrying HTTP 429/503 (and Anthropic's 529
-    "overloaded"), and any error whose text says ``RESOURCE_EXHAUSTED``. The wait is the
+    "overloaded"), and any error whose text says ``RESOURCE_EXHAUSTED`` or has the status
+    ``UNAVAILABLE``. The wait is the
     server's hint when the error carries one, else :data:`DEFAULT_RETRY_AFTER`.
     """
     if isinstance(exc, QuotaExceeded):
@@ -149,7 +173,8 @@ def quota_retry_after(exc: BaseException) -> float | None:
         return None  # our own non-quota errors are final
     text = str(exc)
     status = _status_of(exc)
-    if status in _QUOTA_STATUSES or "RESOURCE_EXHAUSTED" in text:
+    if status in _QUOTA_STATUSES or "RESOURCE_EXHAUSTED" in text or \
+            _QUOTA_STATUS_NAME.search(text):
         hint = getattr(exc, "retry_after", None)
         if isinstance(hint, (int, float)) and hint >= 0:
             return float(hint)

@@ -26,14 +26,18 @@ from agent_magics import Agent
 from agent_magics.errors import BackendError, ConfigError, PolicyError, QuotaExceeded
 from agent_magics.loop import run_sync
 from agent_magics.policies import allow, deny
-from agent_magics.runtimes import _BUILTIN
+from agent_magics.runtimes import _BUILTIN, known_providers
 from agent_magics.runtimes.antigravity import (
+    OLLAMA_BASE_URL,
     AntigravityRuntime,
+    HarnessToolCall,
+    endpoint,
     harness_conversation_id,
     map_error,
     state_dir,
     state_root,
 )
+from agent_magics.types import ToolCall, ToolResult
 from tests.harness_procs import harness_pids, wait_no_harness
 from tests.servers.base import Fault, WireServer
 from tests.servers.openai import MODEL, Call, ChatServer, Turn, rate_limited, server_error
@@ -58,10 +62,10 @@ def server(chat):
 def make(server, registry):
     agents = []
 
-    def make(store=":memory:", **config):
+    def make(store=":memory:", model=f"antigravity:{MODEL}", **config):
         config.setdefault("base_url", server.url + "/v1")
         runtime = AntigravityRuntime(quota_registry=registry)
-        agent = Agent(model=f"antigravity:{MODEL}", runtime=runtime, store=store, **config)
+        agent = Agent(model=model, runtime=runtime, store=store, **config)
         agents.append(agent)
         return agent
 
@@ -82,7 +86,92 @@ def tool_outputs(body) -> dict[str, str]:
 
 
 def test_registered():
-    assert _BUILTIN["antigravity"] == "agent_magics.runtimes.antigravity:from_model"
+    for provider in ("antigravity", "antigravity+openai", "antigravity+ollama"):
+        assert _BUILTIN[provider] == "agent_magics.runtimes.antigravity:from_model"
+        assert provider in known_providers()  # what `%agent backends` lists
+
+
+# -- endpoints: antigravity: / antigravity+openai: / antigravity+ollama: --------------------------
+
+def _config(model, **kwargs):
+    from agent_magics.config import AgentConfig
+
+    return AgentConfig(model=model, **kwargs)
+
+
+def test_endpoint_of_each_provider(monkeypatch):
+    monkeypatch.delenv("ANTIGRAVITY_BASE_URL", raising=False)
+    url = "http://127.0.0.1:9/v1"
+    # antigravity+ollama: Ollama's local URL unless base_url is given; never a key
+    assert endpoint(_config("antigravity+ollama:llama3.2")) == ("openai", OLLAMA_BASE_URL)
+    assert OLLAMA_BASE_URL == "http://127.0.0.1:11434/v1"
+    assert endpoint(_config("antigravity+ollama:llama3.2", base_url=url)) == ("openai", url)
+    assert endpoint(_config("antigravity+ollama:llama3.2", base_url="http://gpu:11434")) == \
+        ("openai", "http://gpu:11434/v1")
+    # antigravity+openai: base_url, else $ANTIGRAVITY_BASE_URL, else one ConfigError line
+    assert endpoint(_config("antigravity+openai:m", base_url=url)) == ("openai", url)
+    with pytest.raises(ConfigError) as info:
+        endpoint(_config("antigravity+openai:m", api_key="AIza" + "x" * 35))
+    message = str(info.value)
+    assert "\n" not in message and "base_url=" in message and "ANTIGRAVITY_BASE_URL" in message
+    monkeypatch.setenv("ANTIGRAVITY_BASE_URL", "http://10.0.0.2:8000/v1")
+    assert endpoint(_config("antigravity+openai:m")) == ("openai", "http://10.0.0.2:8000/v1")
+    # the variable names an OpenAI-compatible server, not Ollama: antigravity+ollama ignores it
+    assert endpoint(_config("antigravity+ollama:llama3.2")) == ("openai", OLLAMA_BASE_URL)
+    # antigravity: the URL when there is one, else Gemini with a key
+    assert endpoint(_config("antigravity:m")) == ("openai", "http://10.0.0.2:8000/v1")
+    monkeypatch.delenv("ANTIGRAVITY_BASE_URL")
+    monkeypatch.setenv("GEMINI_API_KEY", "AIza" + "k" * 35)
+    assert endpoint(_config("antigravity:gemini-2.5-flash")) == ("gemini", "AIza" + "k" * 35)
+    with pytest.raises(ConfigError, match="ANTIGRAVITY_BASE_URL"):
+        endpoint(_config("antigravity+openai:m"))  # a Gemini key does not make it Gemini
+
+
+def test_sdk_config_class_per_provider(monkeypatch, tmp_path):
+    from google.antigravity import LocalAgentConfig, LocalOpenAIAgentConfig
+
+    from agent_magics.runtime import Conversation
+
+    monkeypatch.delenv("ANTIGRAVITY_BASE_URL", raising=False)
+    monkeypatch.setenv("GEMINI_API_KEY", "AIza" + "k" * 35)
+    runtime = AntigravityRuntime()
+    options = {"save_dir": str(tmp_path / "save")}
+
+    def sdk_config(model, **kwargs):
+        return runtime._sdk_config(Conversation("a", _config(model, options=options, **kwargs)),
+                                   [])
+
+    gemini = sdk_config("antigravity:gemini-2.5-flash")
+    assert type(gemini) is LocalAgentConfig
+    ollama = sdk_config("antigravity+ollama:llama3.2")
+    assert type(ollama) is LocalOpenAIAgentConfig and ollama.model == "llama3.2"
+    assert ollama.base_url == OLLAMA_BASE_URL
+    openai = sdk_config("antigravity+openai:qwen3", base_url="http://127.0.0.1:9/v1")
+    assert type(openai) is LocalOpenAIAgentConfig and openai.base_url == "http://127.0.0.1:9/v1"
+
+
+@pytest.mark.parametrize("provider", ["antigravity+openai", "antigravity+ollama"])
+async def test_openai_and_ollama_providers_against_the_local_server(chat, make, provider):
+    from google.antigravity import LocalOpenAIAgentConfig
+
+    chat.add(Turn("served"))
+    agent = make(model=f"{provider}:{MODEL}")
+    assert await agent.chat_text("hi") == "served"
+    assert chat.bodies[-1]["model"] == MODEL
+    [conv] = agent._runtime._conversations.values()
+    assert type(conv.state.sdk_config) is LocalOpenAIAgentConfig
+
+
+async def test_openai_provider_without_a_url_fails_before_any_harness(registry, monkeypatch):
+    from tests.harness_procs import harness_pids
+
+    monkeypatch.delenv("ANTIGRAVITY_BASE_URL", raising=False)
+    before = harness_pids()
+    agent = Agent(model=f"antigravity+openai:{MODEL}", store=":memory:",
+                  runtime=AntigravityRuntime(quota_registry=registry))
+    with pytest.raises(ConfigError, match="ANTIGRAVITY_BASE_URL"):
+        await agent.start()
+    assert harness_pids() == before
 
 
 async def test_streamed_text_usage_and_safe_defaults(chat, server, make):
@@ -172,6 +261,21 @@ def test_error_mapping_reads_the_wait_from_the_message():
     exc = map_error(AntigravityExecutionError("HTTP request failed with status 503: busy"), "m")
     assert isinstance(exc, QuotaExceeded) and exc.retry_after == 2.0
     exc = map_error(AntigravityExecutionError("HTTP request failed with status 400: bad"), "m")
+    assert isinstance(exc, BackendError)
+    # the harness's other wordings: Go durations, Go genai errors, Gemini's "retry in"
+    exc = map_error(AntigravityExecutionError(
+        'HTTP request failed with status 429: {"error": {"message": "Rate limit reached. '
+        'Please try again in 6m0s."}}'), "m")
+    assert isinstance(exc, QuotaExceeded) and exc.retry_after == 360.0
+    exc = map_error(AntigravityExecutionError(
+        "Error 503, Message: The model is overloaded., Status: UNAVAILABLE, Details: []"), "m")
+    assert isinstance(exc, QuotaExceeded) and exc.retry_after == 2.0
+    exc = map_error(AntigravityExecutionError(
+        "Error 429, Message: Quota exceeded. Please retry in 17.38s., "
+        "Status: RESOURCE_EXHAUSTED, Details: []"), "m")
+    assert isinstance(exc, QuotaExceeded) and exc.retry_after == pytest.approx(17.38)
+    exc = map_error(AntigravityExecutionError(
+        "Error 404, Message: no such model, Status: NOT_FOUND, Details: []"), "m")
     assert isinstance(exc, BackendError)
 
 
@@ -322,6 +426,96 @@ async def test_builtin_harness_tools_pass_our_tool_hooks(chat, make, tmp_path):
     [output] = tool_outputs(chat.bodies[-1]).values()
     assert "BBB" in output and "AAA" not in output
     assert after == [("view_file", True)]
+
+
+async def test_builtin_tool_calls_stream_and_are_recorded_not_rerun(chat, make, tmp_path):
+    from agent_magics.kernel.display import render_markdown, tool_line
+
+    (tmp_path / "a.txt").write_text("AAA")
+    chat.add(Turn("Looking.", calls=[
+        Call("view_file", {"AbsolutePath": str(tmp_path / "a.txt")}, id="v1"),
+        Call("view_file", {"AbsolutePath": str(tmp_path / "missing.txt")}, id="v2")]),
+        Turn("It says AAA."))
+    agent = make(options={"builtin_tools": ["view_file"], "workspaces": [str(tmp_path)]})
+    response = await agent.chat("read a.txt")
+    assert await response.text() == "Looking.\n\nIt says AAA."
+    assert len(chat.bodies) == 2  # the harness's own round trip; no model call from the handle
+    outputs = tool_outputs(chat.bodies[1])
+    assert "AAA" in outputs["v1"] and "does not exist" in outputs["v2"]
+
+    chunks = [c async for c in response.chunks]
+    tools = [c for c in chunks if isinstance(c, (ToolCall, ToolResult))]
+    assert [type(c) for c in tools] == [HarnessToolCall, ToolResult] * 2
+    call1, result1, call2, result2 = tools
+    assert (call1.kind, call1.name, call1.args["file_path"]) == \
+        ("tool_call", "view_file", str(tmp_path / "a.txt"))
+    assert (result1.id, result1.is_error) == (call1.id, False)
+    assert (result2.id, result2.is_error) == (call2.id, True)
+    assert "does not exist" in result2.text
+    assert call1.id != call2.id
+
+    markdown, plain = render_markdown(chunks)  # compact tool lines, then the text
+    assert markdown.count("🔧 <code>view") == 2 and "⚠️" in markdown
+    assert plain.endswith("[2 tool calls]")
+    line = tool_line(call2, result2, markdown=False)
+    assert line.startswith("🔧 view_file(file_path=") and "→ ⚠️ error:" in line
+
+    steps = [(s.role, s.kind, s.tool_name, s.tool_call_id, s.status) for s in agent.history]
+    assert steps == [
+        ("user", "text", None, None, "ok"),
+        ("assistant", "tool_call", "view_file", call1.id, "ok"),
+        ("tool", "tool_result", "view_file", call1.id, "ok"),
+        ("assistant", "tool_call", "view_file", call2.id, "ok"),
+        ("tool", "tool_result", "view_file", call2.id, "error"),
+        ("assistant", "text", None, None, "ok"),
+    ]
+    assert agent.history[-1].text == "Looking.\n\nIt says AAA."
+    # the next turn goes on as usual (nothing left unanswered)
+    chat.add(Turn("next"))
+    assert await agent.chat_text("and now?") == "next"
+
+
+async def test_a_refused_builtin_call_is_shown_denied(chat, make, tmp_path):
+    (tmp_path / "a.txt").write_text("AAA")
+    chat.add(Turn("", calls=[Call("view_file", {"AbsolutePath": str(tmp_path / "a.txt")},
+                                  id="v1")]), Turn("I may not."))
+    agent = make(options={"builtin_tools": ["view_file"], "workspaces": [str(tmp_path)]},
+                 policies=[deny("view_file"), allow("*")])
+    response = await agent.chat("read it")
+    assert await response.text() == "I may not."
+    tools = [c async for c in response.chunks if isinstance(c, (ToolCall, ToolResult))]
+    assert [type(c) for c in tools] == [HarnessToolCall, ToolResult]
+    assert tools[1].is_error and tools[1].text.startswith("denied")
+    assert [(s.kind, s.status) for s in agent.history if s.kind.startswith("tool")] == \
+        [("tool_call", "ok"), ("tool_result", "denied")]
+
+
+async def test_builtin_and_our_tools_in_one_turn(chat, make, tmp_path):
+    (tmp_path / "a.txt").write_text("AAA")
+    chat.add(Turn("", calls=[Call("view_file", {"AbsolutePath": str(tmp_path / "a.txt")},
+                                  id="v1"),
+                             Call("add", {"a": 2, "b": 3}, id="c1")]), Turn("AAA and 5."))
+    agent = make(tools=[add],
+                 options={"builtin_tools": ["view_file"], "workspaces": [str(tmp_path)]})
+    response = await agent.chat("both")
+    assert await response.text() == "AAA and 5."
+    outputs = tool_outputs(chat.bodies[1])
+    assert "AAA" in outputs["v1"] and '"result": "5"' in outputs["c1"]
+    tools = [c async for c in response.chunks if isinstance(c, (ToolCall, ToolResult))]
+    assert sorted((type(c).__name__, c.name) for c in tools) == [
+        ("HarnessToolCall", "view_file"), ("ToolCall", "add"),
+        ("ToolResult", "add"), ("ToolResult", "view_file")]
+    assert [c.name for c in await _collect(response.tool_calls)] == ["add"]  # the handle's
+    kinds = sorted((s.kind, s.tool_name) for s in agent.history if s.kind.startswith("tool"))
+    assert kinds == [("tool_call", "add"), ("tool_call", "view_file"),
+                     ("tool_result", "add"), ("tool_result", "view_file")]
+    # our tool's steps are in the store too; the harness's are the runtime's history only
+    df = agent.history_df()
+    assert df[df.kind == "tool_call"].text.str.startswith("add(").tolist() == [True]
+
+
+async def _collect(stream):
+    return [c async for c in stream]
 
 
 async def test_write_builtin_tools_need_a_policy(make):

@@ -95,3 +95,17 @@ def test_output_variable_must_be_a_python_name(shell):
     import agent_magics
 
     assert "named" not in agent_magics.agents  # refused before anything ran
+
+
+def test_backends_checks_each_providers_own_sdk(shell, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    # google-genai installed, the Antigravity SDK not: both live under the "google" namespace
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "google.antigravity" else real(name, *a))
+    run(shell, "b = %agent backends")
+    table = shell.user_ns["b"].set_index("provider")["sdk_installed"]
+    assert table["gemini"]
+    for provider in ("antigravity", "antigravity+openai", "antigravity+ollama"):
+        assert not table[provider], provider

@@ -691,14 +691,20 @@ class AgentMagics(Magics):
 
         sdks = {"gemini": "google.genai", "openai": "openai", "ollama": "openai",
                 "vllm": "openai", "lmstudio": "openai", "anthropic": "anthropic",
-                "antigravity": "google.antigravity"}
+                "antigravity": "google.antigravity", "antigravity+openai": "google.antigravity",
+                "antigravity+ollama": "google.antigravity"}
         rows = []
         import os
 
+        def found(module: str) -> bool:
+            try:  # the full name: "google" alone is any Google package's namespace
+                return importlib.util.find_spec(module) is not None
+            except ImportError:
+                return False
+
         for provider in known_providers():
             module = sdks.get(provider)
-            installed = True if module is None else \
-                importlib.util.find_spec(module.split(".")[0]) is not None
+            installed = True if module is None else found(module)
             env = KEY_ENV_VARS.get(provider, ())
             rows.append({"provider": provider, "sdk_installed": installed,
                          "key_env": " or ".join(env) or "-",

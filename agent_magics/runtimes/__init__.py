@@ -40,6 +40,8 @@ _BUILTIN: dict[str, str] = {
     "anthropic": "agent_magics.runtimes.anthropic:from_model",
     "replay": "agent_magics.runtimes.replay:from_model",
     "antigravity": "agent_magics.runtimes.antigravity:from_model",
+    "antigravity+openai": "agent_magics.runtimes.antigravity:from_model",
+    "antigravity+ollama": "agent_magics.runtimes.antigravity:from_model",
 }
 
 _registered: dict[str, Factory] = {}

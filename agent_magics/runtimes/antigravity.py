@@ -8,9 +8,15 @@ websocket); the harness keeps the conversation, so a call sends only the new use
     antigravity:llama3.2 + base_url=http://.../v1     LocalOpenAIAgentConfig: any server that
                                                       speaks OpenAI chat-completions streaming
                                                       (Ollama, vLLM, a test server); offline
+    antigravity+openai:MODEL                          LocalOpenAIAgentConfig always: base_url
+                                                      (or $ANTIGRAVITY_BASE_URL) is required
+    antigravity+ollama:llama3.2                       LocalOpenAIAgentConfig on Ollama's
+                                                      http://127.0.0.1:11434/v1 unless base_url
+                                                      is given (a URL without a path gets /v1)
 
 ``base_url`` may also come from ``$ANTIGRAVITY_BASE_URL`` (so ``%%agent -m antigravity:llama3.2``
-and ``%agent resume`` work without Python). Install with ``pip install
+and ``%agent resume`` work without Python); ``antigravity+ollama:`` ignores that variable (it
+names Ollama). Install with ``pip install
 'agent_magics[antigravity]'``; the SDK is imported when the first agent is created, never at
 import time. (The harness sends no key to an OpenAI-compatible ``base_url``: its endpoint
 config has no key field in 0.1.22, so that path suits keyless local servers.)
@@ -43,6 +49,12 @@ rule without a handler denies: no one can be asked there) and our ``pre_tool_cal
 replace arguments) and ``post_tool_call`` hooks, with ``ctx.extra["harness_tool"]`` set. The
 turn and session hooks are the handle's own, as for every runtime. ``on_compaction`` is not
 mapped: the harness compacts on its side and the handle has no event for it yet.
+
+The harness's own tool calls stream like any tool call: a :class:`HarnessToolCall` chunk (a
+``ToolCall`` the handle does not run: the harness has run it) then its ``ToolResult``, both
+recorded in the history as ``tool_call`` / ``tool_result`` steps. The SDK (0.1.22) does not
+pass a built-in tool's output on (only whether it worked, or its error), so the result of a
+call that worked says so rather than repeating what the model was shown.
 
 Structured output: ``AgentConfig.response_schema`` is given to the harness, which offers the
 model a ``finish`` tool with that schema; the call's output becomes the reply's text (held back
@@ -98,19 +110,40 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..config import AgentConfig, scrub_secrets
 from ..errors import AgentError, BackendError, ConfigError, QuotaExceeded, quota_retry_after
 from ..quota import QuotaRegistry
 from ..runtime import BaseRuntime, Conversation, content_text
-from ..types import Event, Finish, Text, Thought, ToolCall, ToolResult, UsageMetadata
+from ..types import (
+    Event,
+    Finish,
+    Step,
+    Text,
+    Thought,
+    ToolCall,
+    ToolResult,
+    UsageMetadata,
+    paragraph_break,
+    utcnow,
+)
 
-__all__ = ["BASE_URL_VAR", "KEY_VARS", "AntigravityRuntime", "from_model",
+__all__ = ["BASE_URL_VAR", "KEY_VARS", "OLLAMA_BASE_URL", "OLLAMA_PROVIDER", "OPENAI_PROVIDER",
+           "AntigravityRuntime", "HarnessToolCall", "endpoint", "from_model",
            "harness_conversation_id", "state_dir", "state_root"]
 
 KEY_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 #: an OpenAI-compatible server for ``antigravity:`` models given without ``base_url``
 BASE_URL_VAR = "ANTIGRAVITY_BASE_URL"
+#: ``antigravity+openai:MODEL``: always an OpenAI-compatible server (base_url required)
+OPENAI_PROVIDER = "antigravity+openai"
+#: ``antigravity+ollama:MODEL``: Ollama, by default on this machine
+OLLAMA_PROVIDER = "antigravity+ollama"
+OLLAMA_BASE_URL = "http://127.0.0.1:11434/v1"
+#: what the harness reports as a built-in tool's result (its output stays in the harness)
+_NO_OUTPUT = "Tool execution"
+_RAN = "done (run by the harness, which keeps its output)"
 EXIT_TIMEOUT_S = 10.0
 CANCEL_TIMEOUT_S = 2.0
 #: builtin tools that only read (the SDK's own list; anything else writes or runs commands)
@@ -208,6 +241,52 @@ def map_error(exc: BaseException, model: str) -> BaseException:
     return BackendError(f"antigravity: {type(exc).__name__}: {text}", provider="antigravity")
 
 
+def _with_v1(url: str) -> str:
+    """``http://host:11434`` -> ``http://host:11434/v1`` (Ollama serves the OpenAI API there)."""
+    parts = urlsplit(url)
+    if parts.path in ("", "/"):
+        return urlunsplit(parts._replace(path="/v1"))
+    return url
+
+
+def endpoint(config: AgentConfig) -> tuple[str, str]:
+    """How an agent reaches its model: ``("openai", base_url)`` (``LocalOpenAIAgentConfig``)
+    or ``("gemini", api_key)`` (``LocalAgentConfig``), from the provider of ``config.model``:
+
+    * ``antigravity+ollama:``: ``base_url`` (``/v1`` added to a bare host), else Ollama's
+      usual local URL; no key;
+    * ``antigravity+openai:``: ``base_url``, else ``$ANTIGRAVITY_BASE_URL``, else a
+      :class:`ConfigError` saying what to set;
+    * ``antigravity:``: the same URL when there is one, else Gemini with ``api_key`` /
+      ``$GEMINI_API_KEY`` / ``$GOOGLE_API_KEY``.
+    """
+    provider = config.provider
+    given = (config.base_url or "").strip()
+    if provider == OLLAMA_PROVIDER:
+        return "openai", _with_v1(given) if given else OLLAMA_BASE_URL
+    base_url = given or os.environ.get(BASE_URL_VAR, "").strip()
+    if base_url:
+        return "openai", base_url
+    if provider == OPENAI_PROVIDER:
+        raise ConfigError(f"{config.model} needs the URL of an OpenAI-compatible server: pass "
+                          f"base_url='http://HOST:PORT/v1' or set {BASE_URL_VAR} (for Ollama on "
+                          f"this machine use '{OLLAMA_PROVIDER}:MODEL')")
+    key = config.api_key or next((os.environ[v] for v in KEY_VARS if os.environ.get(v)), None)
+    if not key:
+        raise ConfigError(f"no API key for {config.model}: set GEMINI_API_KEY or "
+                          "GOOGLE_API_KEY, pass api_key=..., or give base_url=... of an "
+                          f"OpenAI-compatible server (or use '{OPENAI_PROVIDER}:' / "
+                          f"'{OLLAMA_PROVIDER}:')")
+    return "gemini", key
+
+
+@dataclass(frozen=True)
+class HarnessToolCall(ToolCall):
+    """A call of one of the harness's own tools (built-in, MCP, sub-agent). The harness has run
+    it, so the handle, which runs the chunks that are exactly ``ToolCall``, leaves it alone; it
+    streams, shows and is recorded like any tool call, and its ``ToolResult`` follows."""
+
+
 _HARNESS_ID = re.compile(r"^[a-zA-Z0-9-]{32,128}$")
 
 
@@ -258,6 +337,51 @@ class _State:
     wake: asyncio.Event | None = None  # set when the SDK asks for a tool
     held: list[str] = field(default_factory=list)  # structured turn: its text so far
     output: str | None = None  # structured turn: the finish call's output
+    own_tools: frozenset[str] = frozenset()  # our tools' names (the handle runs those)
+    # The harness's own tool calls (built-in, MCP, sub-agents), by SDK step id: those shown
+    # and waiting for their outcome, and outcomes the SDK hooks reported
+    harness_calls: dict[str, ToolCall] = field(default_factory=dict)
+    harness_results: dict[str, ToolResult] = field(default_factory=dict)
+    harness_seen: set[str] = field(default_factory=set)  # calls shown in this harness turn
+    # calls the SDK never streams (refused by our policies before the harness made a step)
+    harness_unseen: dict[str, ToolCall] = field(default_factory=dict)
+
+    def harness_result(self, key: str | None, result: ToolResult,
+                       call: ToolCall | None = None) -> None:
+        """An SDK hook's report of how a harness tool call went (kept until shown); ``call``
+        for a call that will not come as a chunk."""
+        if key and key not in self.harness_results:
+            self.harness_results[key] = result
+            if call is not None and key not in self.harness_seen:
+                self.harness_unseen[key] = call
+            if self.wake is not None:
+                self.wake.set()
+
+    def show_call(self, key: str, call: ToolCall) -> bool:
+        """Note a harness call as shown; False when it was shown already."""
+        if key in self.harness_seen:
+            return False
+        self.harness_seen.add(key)
+        self.harness_unseen.pop(key, None)
+        self.harness_calls[key] = call
+        return True
+
+    def ready_chunks(self) -> list[ToolCall | ToolResult]:
+        """The results of shown harness calls that have one, and the calls known only from
+        the hooks (each followed by its result), in the calls' order."""
+        fresh = [key for key, call in list(self.harness_unseen.items())
+                 if self.show_call(key, call)]
+        ready: list[ToolCall | ToolResult] = []
+        for key in list(self.harness_calls):
+            call = self.harness_calls[key]
+            if key in fresh:
+                ready.append(call)
+            result = self.harness_results.pop(key, None)
+            if result is not None:
+                del self.harness_calls[key]
+                ready.append(ToolResult(call.name, result.result, id=call.id,
+                                        is_error=result.is_error))
+        return ready
 
     def answer_pending(self, text: str) -> None:
         """Answer every waiting tool call with ``text`` (the turn is being abandoned)."""
@@ -274,6 +398,10 @@ class _State:
         self.answer_pending("not run: the turn was stopped")
         self.response = self.chunks = self.output = None
         self.held = []
+        self.harness_calls.clear()  # a stopped call is settled by the handle (interrupted)
+        self.harness_results.clear()
+        self.harness_seen.clear()
+        self.harness_unseen.clear()
 
 
 class AntigravityRuntime(BaseRuntime):
@@ -295,7 +423,8 @@ class AntigravityRuntime(BaseRuntime):
         model = config.model_name
         if not model:
             raise ConfigError(f"no model name in {config.model!r}; write it as "
-                              "'antigravity:MODEL', e.g. 'antigravity:gemini-2.5-flash'")
+                              f"'{config.provider}:MODEL', e.g. 'antigravity:gemini-2.5-flash'")
+        kind, where = endpoint(config)  # before anything is written: a missing URL / key
         save_dir, app_data_dir = self._dirs(conv, options, state_dirs)
         os.makedirs(save_dir, exist_ok=True)
         os.makedirs(app_data_dir, exist_ok=True)
@@ -314,7 +443,9 @@ class AntigravityRuntime(BaseRuntime):
                               "things; give AgentConfig(policies=[...]) to enable them")
         # the harness runs its built-in and MCP tools itself: our policies and tool hooks
         # reach those calls through SDK hooks (our own tools go through the handle instead)
-        sdk_hooks = _harness_tool_hooks(conv, our_hooks) if builtin or mcp_servers else []
+        # (and their outcomes reach the stream as ToolResult chunks)
+        sdk_hooks = _harness_tool_hooks(conv, our_hooks, gate=bool(builtin or mcp_servers)) \
+            if builtin or mcp_servers or subagents else []
         capabilities = agy.CapabilitiesConfig(enabled_tools=builtin, enable_subagents=subagents)
 
         system: Any = config.system_instructions or None
@@ -341,16 +472,9 @@ class AntigravityRuntime(BaseRuntime):
 
             kwargs["response_schema"] = OutputSchema.from_config(config.response_schema) \
                 .json_schema
-        base_url = config.base_url or os.environ.get(BASE_URL_VAR, "").strip()
-        if base_url:
-            return agy.LocalOpenAIAgentConfig(model=model, base_url=base_url, **kwargs)
-        key = config.api_key or next((os.environ[v] for v in KEY_VARS if os.environ.get(v)),
-                                     None)
-        if not key:
-            raise ConfigError(f"no API key for {config.model}: set GEMINI_API_KEY or "
-                              "GOOGLE_API_KEY, pass api_key=..., or give base_url=... of an "
-                              "OpenAI-compatible server")
-        return agy.LocalAgentConfig(model=model, api_key=key, **kwargs)
+        if kind == "openai":
+            return agy.LocalOpenAIAgentConfig(model=model, base_url=where, **kwargs)
+        return agy.LocalAgentConfig(model=model, api_key=where, **kwargs)
 
     @staticmethod
     def _dirs(conv: Conversation, options: dict[str, Any],
@@ -401,7 +525,8 @@ class AntigravityRuntime(BaseRuntime):
                 shutil.rmtree(d, ignore_errors=True)
             raise
         conv.state = _State(sdk_config, conv.config.model_name, owned_dirs=dirs,
-                            structured=conv.config.response_schema is not None)
+                            structured=conv.config.response_schema is not None,
+                            own_tools=_own_tool_names(conv.config))
         try:
             await self._open(conv.state)
         except BaseException:
@@ -456,6 +581,39 @@ class AntigravityRuntime(BaseRuntime):
         for d in state.owned_dirs:
             shutil.rmtree(d, ignore_errors=True)
 
+    # -- history ----------------------------------------------------------------------------
+
+    def _commit(self, conv: Conversation, content: list[Any], text: list[str],
+                others: list[Any], finish: Finish | None, new_turn: bool, started,
+                status: str) -> None:
+        """BaseRuntime's record of a model call, plus the harness's own tool calls and their
+        results as ``tool_call`` / ``tool_result`` steps: after the call's user message (or
+        tool results) and thoughts, before its reply text and our tool calls, in the order
+        they came."""
+        harness = [c for c in others if isinstance(c, HarnessToolCall) or type(c) is ToolResult]
+        if harness:
+            others = [c for c in others
+                      if not (isinstance(c, HarnessToolCall) or type(c) is ToolResult)]
+        start = len(conv.steps)
+        super()._commit(conv, content, text, others, finish, new_turn, started, status)
+        if not harness:
+            return
+        at = next((i for i in range(start, len(conv.steps)) if conv.steps[i].role ==
+                   "assistant" and conv.steps[i].kind in ("text", "tool_call")), len(conv.steps))
+        finished = utcnow()
+        steps = []
+        for chunk in harness:
+            if isinstance(chunk, ToolCall):
+                steps.append(Step("assistant", "tool_call", chunk.text, turn=conv.turns,
+                                  tool_name=chunk.name, tool_call_id=chunk.id, data=chunk.args,
+                                  status=status, started_at=started, finished_at=finished))
+            else:
+                steps.append(Step("tool", "tool_result", chunk.text, turn=conv.turns,
+                                  tool_name=chunk.name, tool_call_id=chunk.id,
+                                  data=chunk.result, status=_result_status(chunk),
+                                  started_at=started, finished_at=finished))
+        conv.steps[at:at] = steps
+
     # -- one model call ---------------------------------------------------------------------
 
     async def _stream(self, conv: Conversation,
@@ -470,6 +628,8 @@ class AntigravityRuntime(BaseRuntime):
 
         paused = done = False
         yielded = 0  # chunks given to the handle in this call
+        tail = ""  # the end of the text so far (a text after harness tools starts a paragraph)
+        after_tools = False  # harness tool chunks came since the last text
         snapshot: _Snapshot | None = None
         try:
             if content and all(isinstance(c, ToolResult) for c in content) and state.pending:
@@ -488,6 +648,10 @@ class AntigravityRuntime(BaseRuntime):
                 state.response = await agent.chat(_prompt(content, agy_types))
                 state.chunks = state.response.chunks.__aiter__()
             while True:
+                for ready in state.ready_chunks():  # harness tools that have run
+                    after_tools = True
+                    yielded += 1
+                    yield ready
                 fresh = [call for call, _ in state.pending.values()
                          if call.id not in state.reported]
                 if fresh:
@@ -499,7 +663,11 @@ class AntigravityRuntime(BaseRuntime):
                     break
                 chunk = await self._next_chunk(state)
                 if chunk is None:
-                    continue  # a tool call arrived
+                    continue  # a tool call or a harness tool's outcome arrived
+                for ready in state.ready_chunks():  # outcomes reported before this chunk
+                    after_tools = True
+                    yielded += 1
+                    yield ready
                 if chunk is StopAsyncIteration:
                     break
                 if isinstance(chunk, agy_types.Text):
@@ -507,14 +675,34 @@ class AntigravityRuntime(BaseRuntime):
                         continue
                     if state.structured:
                         state.held.append(chunk.text)
-                    else:
-                        yielded += 1
-                        yield Text(chunk.text)
+                        continue
+                    if after_tools and tail:
+                        brk = paragraph_break(tail, chunk.text)
+                        if brk is not None:
+                            yielded += 1
+                            yield brk
+                    after_tools = False
+                    tail = (tail + chunk.text)[-2:]
+                    yielded += 1
+                    yield Text(chunk.text)
                 elif isinstance(chunk, agy_types.Thought) and chunk.text:
                     yielded += 1
                     yield Thought(chunk.text)
-                elif isinstance(chunk, agy_types.ToolCall) and chunk.name == "finish":
-                    state.output = _finish_output(chunk.args)
+                elif isinstance(chunk, agy_types.ToolCall):
+                    name = _tool_name(chunk)
+                    if name == "finish":
+                        state.output = _finish_output(chunk.args)
+                    elif name not in state.own_tools:  # ours reach the handle as `pending`
+                        key = _step_key(chunk) or f"harness-{uuid.uuid4().hex[:16]}"
+                        call = HarnessToolCall(name, dict(chunk.args or {}), id=key)
+                        if state.show_call(key, call):
+                            after_tools = True
+                            yielded += 1
+                            yield call
+            if not paused:  # the harness turn ended: every harness call gets its outcome
+                for result in _outcomes(state):
+                    yielded += 1
+                    yield result
             done = True
             if snapshot is not None:
                 snapshot.discard()
@@ -586,6 +774,52 @@ class AntigravityRuntime(BaseRuntime):
             await agent.conversation.wait_for_idle()
 
 
+def _own_tool_names(config: AgentConfig) -> frozenset[str]:
+    if not config.tools:
+        return frozenset()
+    from ..tools import ToolSet
+
+    return frozenset(ToolSet.from_config(config.tools).names)
+
+
+def _step_key(data: Any) -> str:
+    """The key pairing a harness tool call with its outcome: the SDK's step id (the chunk's
+    ``id`` is that too, while the hooks' ``id`` is the model's call id)."""
+    return str(getattr(data, "step_id", None) or getattr(data, "id", None) or "")
+
+
+def _result_status(result: ToolResult) -> str:
+    if not result.is_error:
+        return "ok"
+    return "denied" if result.text.startswith("denied") else "error"
+
+
+def _outcomes(state: _State) -> list[ToolCall | ToolResult]:
+    """At the end of a harness turn: the results of every harness call still shown without
+    one: reported by a hook, else read from the SDK's steps (DONE, ERROR, CANCELED)."""
+    out = state.ready_chunks()
+    if not state.harness_calls:
+        return out
+    last: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        for step in state.agent.conversation.history:  # later updates of a step win
+            last[step.id] = step
+    for key, call in list(state.harness_calls.items()):
+        step = last.get(key)
+        status = str(getattr(getattr(step, "status", None), "value", "")).upper()
+        if status == "DONE":
+            result = ToolResult(call.name, _RAN, id=call.id)
+        elif status in ("ERROR", "CANCELED"):
+            why = getattr(step, "error", "") or status.lower()
+            result = ToolResult(call.name, f"error: {why}", id=call.id, is_error=True)
+        else:
+            result = ToolResult(call.name, "no outcome reported by the harness", id=call.id,
+                                is_error=True)
+        out.append(result)
+    state.harness_calls.clear()
+    return out
+
+
 def _our_hooks(config: AgentConfig) -> Any:
     from ..hooks import Hooks
 
@@ -597,23 +831,39 @@ def _tool_name(data: Any) -> str:
     return str(getattr(name, "value", name))  # BuiltinTools members compare by value here
 
 
-def _harness_tool_hooks(conv: Conversation, hooks: Any) -> list[Any]:
-    """SDK hooks that put the harness's own tool calls (built-in tools, MCP) through our
-    policies (no one can be asked here: an ``ask_user`` rule without a handler denies) and
-    our ``pre_tool_call`` / ``post_tool_call`` hooks; their context has no agent handle."""
+def _harness_tool_hooks(conv: Conversation, hooks: Any, *, gate: bool = True) -> list[Any]:
+    """SDK hooks for the harness's own tool calls (built-in tools, MCP, sub-agents): they
+    report each call's outcome to the open turn (a ``ToolResult`` chunk after its call) and,
+    with ``gate``, put the calls through our policies (no one can be asked here: an
+    ``ask_user`` rule without a handler denies) and our ``pre_tool_call`` /
+    ``post_tool_call`` hooks; their context has no agent handle."""
     from google.antigravity import types as agy_types
     from google.antigravity.hooks import hooks as agy_hooks
 
     from ..hooks import HookContext
     from ..policies import PolicySet
-    from ..tools import ToolSet
 
     policies = PolicySet.from_config(conv.config.policies)
-    ours = set(ToolSet.from_config(conv.config.tools).names) | {"finish"}
+    ours = _own_tool_names(conv.config) | {"finish"}
 
     def our_context(event: str, call: ToolCall, **fields: Any) -> Any:
         return HookContext(event=event, conversation_id=conv.conversation_id, call=call,
                            extra={"harness_tool": True}, **fields)
+
+    def report(data: Any, name: str, text: Any, is_error: bool) -> None:
+        state: _State | None = conv.state
+        if state is not None:
+            state.harness_result(_step_key(data), ToolResult(name, text, is_error=is_error))
+
+    def refuse(data: Any, name: str, why: str) -> Any:
+        # the harness makes no step for a refused call: it is shown from here
+        state: _State | None = conv.state
+        key = _step_key(data)
+        if state is not None:
+            state.harness_result(key, ToolResult(name, f"denied: {why}", is_error=True),
+                                 call=HarnessToolCall(name, dict(data.args or {}),
+                                                      id=key or None))
+        return agy_types.HookResult(allow=False, message=why)
 
     class Gate(agy_hooks.PreToolCallDecideHook):
         async def run(self, context: Any, data: Any) -> Any:  # names as the SDK calls
@@ -623,12 +873,11 @@ def _harness_tool_hooks(conv: Conversation, hooks: Any) -> list[Any]:
             call = ToolCall(name, dict(data.args or {}))
             decision = await policies.check(call, writes=name not in _READ_ONLY)
             if not decision.allowed:
-                return agy_types.HookResult(allow=False, message=decision.reason or "denied")
+                return refuse(data, name, decision.reason or "denied")
             if hooks.has("pre_tool_call"):
                 verdict = await hooks.decide("pre_tool_call", our_context("pre_tool_call", call))
                 if not verdict.allowed:
-                    return agy_types.HookResult(
-                        allow=False, message=verdict.message or "refused by a hook")
+                    return refuse(data, name, verdict.message or "refused by a hook")
                 if verdict.args is not None:
                     return agy_types.HookResult(allow=True, modified_args=dict(verdict.args))
             return agy_types.HookResult(allow=True)
@@ -636,13 +885,26 @@ def _harness_tool_hooks(conv: Conversation, hooks: Any) -> list[Any]:
     class After(agy_hooks.PostToolCallHook):
         async def run(self, context: Any, data: Any) -> None:
             name = _tool_name(data)
-            if name in ours or not hooks.has("post_tool_call"):
+            if name in ours:
                 return
-            call = ToolCall(name, {}, id=getattr(data, "id", None))
-            await hooks.emit("post_tool_call", our_context(
-                "post_tool_call", call, result=data.error or data.result))
+            if data.error:
+                report(data, name, f"error: {data.error}", True)
+            else:
+                value = data.result
+                report(data, name, _RAN if value in (None, "", _NO_OUTPUT) else value, False)
+            if gate and hooks.has("post_tool_call"):
+                call = ToolCall(name, {}, id=getattr(data, "id", None))
+                await hooks.emit("post_tool_call", our_context(
+                    "post_tool_call", call, result=data.error or data.result))
 
-    return [Gate(), After()]
+    class Failed(agy_hooks.OnToolErrorHook):
+        async def run(self, context: Any, data: Any) -> None:
+            name = str(getattr(data, "tool_name", "") or "")
+            if name and name not in ours:
+                report(data, name, f"error: {data}", True)
+            return None  # the harness words the error for the model as it would anyway
+
+    return ([Gate()] if gate else []) + [After(), Failed()]
 
 
 class _Snapshot:
