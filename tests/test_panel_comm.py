@@ -261,6 +261,41 @@ def test_publisher_thread_starts_with_a_comm_and_stops_without_one(make, agents)
     assert again.closed and panel.comms == []
 
 
+def test_the_kernels_comm_is_silent_until_its_frontend_answers(make, agents):
+    make("a")
+    panel = Panel(agents, interval=0.01, heartbeat=0.05)
+    comm = FakeComm()
+    panel.attach(comm, listening=False)  # as install() attaches the comm the kernel opens
+    assert panel.comms == [comm] and panel.listening == []
+    make("b")
+    for _ in range(3):
+        time.sleep(0.06)
+        assert not panel.tick()  # neither a change nor a heartbeat goes out
+    panel.publish()
+    assert comm.sent == [] and panel._thread is None  # no snapshot, no publisher thread
+    comm.receive({"type": "refresh", "version": 1})  # the panel's first message
+    assert panel.listening == [comm] and panel._thread is not None
+    [first] = comm.sent  # one snapshot answers it, not two
+    assert first["type"] == "snapshot" and [a["name"] for a in first["agents"]] == ["a", "b"]
+    wait_until(lambda: len(comm.sent) >= 3)  # then heartbeats, as for any comm
+    comm.receive({"type": "refresh"})
+    assert comm.sent[-1]["type"] == "snapshot"
+    panel.close()
+    assert comm.closed and panel.listening == []
+
+
+def test_any_first_message_makes_the_kernels_comm_listen(make, agents):
+    make("a")
+    panel = Panel(agents, threaded=False)
+    comm = FakeComm()
+    panel.attach(comm, listening=False)
+    comm.receive({"type": "cancel", "agent": "a", "request_id": "k"})
+    assert [m["type"] for m in comm.sent] == ["snapshot", "result", "snapshot"]
+    assert comm.sent[1]["ok"] is True
+    comm._on_close({})
+    assert panel.comms == panel.listening == []
+
+
 # -- actions ----------------------------------------------------------------------------------
 
 def test_bad_input_gets_a_one_line_refusal_never_an_exception(make, agents):
@@ -386,8 +421,13 @@ def test_loading_twice_keeps_one_panel_and_one_publisher():
         second = install(shell, SimpleNamespace(background={}))
         assert first is second and len(first.comms) == 1
         assert comm.get_comm_manager().targets[TARGET] == first.attach
+        # no frontend has answered the kernel's comm: nothing publishes
+        assert first.listening == []
+        assert not [t for t in threading.enumerate() if t.name == "agent_magics-panel"]
+        first.comms[0].handle_msg({"content": {"data": {"type": "refresh", "version": 1}}})
+        install(shell, SimpleNamespace(background={}))
         threads = [t for t in threading.enumerate() if t.name == "agent_magics-panel"]
-        assert len(threads) == 1
+        assert len(threads) == 1 and first.listening == first.comms
     finally:
         uninstall()
     assert panel_module._panel is None and TARGET not in comm.get_comm_manager().targets
@@ -444,7 +484,8 @@ def comm_id(kernel):
 @pytest.mark.timeout(60)
 def test_kernel_opens_a_comm_on_load_and_answers_the_frontend(kernel, comm_id):
     [kernel_comm] = opened(kernel.comm_messages)
-    first = panel_data(kernel.comm_messages, kernel_comm)[0]
+    assert panel_data(kernel.comm_messages, kernel_comm) == []  # this client never answered it
+    first = panel_data(kernel.comm_messages, comm_id)[0]
     assert first["version"] == 1 and first["agents"] == []
     start = len(kernel.comm_messages)
     kernel.comm_send(comm_id, {"type": "refresh"})
@@ -510,6 +551,54 @@ def test_cancel_from_the_panel_stops_a_background_turn(kernel, comm_id):
     statuses = kernel.execute("[s.status for s in agents['bgc'].history "
                               "if s.role == 'assistant']")
     assert statuses.result_text() == "['interrupted']"
+
+
+PANEL_THREADS = ("[t.name for t in __import__('threading').enumerate() "
+                 "if t.name == 'agent_magics-panel']")
+
+
+@pytest.mark.timeout(90)
+def test_a_client_that_never_answers_gets_no_snapshot_until_it_does(tmp_path):
+    """nbclient, VS Code and the like never answer the kernel's comm_open: the kernel must not
+    publish into the void. A panel answers; from then on the snapshots flow."""
+    k = Kernel(env={"AGENT_MAGICS_HOME": str(tmp_path)})
+    try:
+        loaded = time.monotonic()
+        assert k.execute(SETUP).ok
+        [kernel_comm] = opened(k.comm_messages)
+        k.execute("agents['q'] = Agent(name='q', runtime=ScriptedRuntime("
+                  "[QuotaExceeded(retry_after=1.0), 'a reply nobody watched']))")
+        turn = k.execute("%%agent q\nhi")
+        assert turn.ok and turn.seconds > 1.0  # it waited out the quota
+        ours = lambda m: m["content"].get("comm_id") == kernel_comm \
+            or m["content"].get("target_name") == TARGET  # noqa: E731
+        k.pump(max(0.0, loaded + 6.0 - time.monotonic()),
+               until=lambda m: ours(m) and m["msg_type"] != "comm_open")
+        assert time.monotonic() - loaded >= 6.0  # nothing cut the wait short
+        mine = [m for m in k.comm_messages if ours(m)]
+        assert [m["msg_type"] for m in mine] == ["comm_open"]
+        assert panel_data(k.comm_messages) == panel_data(k.comm_messages, kind="result") == []
+        assert k.execute(PANEL_THREADS).result_text() == "[]"  # and nothing running for it
+
+        start = len(k.comm_messages)
+        k.comm_send(kernel_comm, {"type": "refresh", "version": 1})  # a panel answers
+        k.pump(10, until=lambda m: bool(panel_data([m], kernel_comm)))
+        [first] = panel_data(k.comm_messages[start:], kernel_comm)
+        check_schema(first)
+        assert status_of(first, "q") == "idle" and by_name(first, "q")["turns"] == 1
+        assert k.execute(PANEL_THREADS).result_text() == "['agent_magics-panel']"
+
+        start = len(k.comm_messages)
+        k.execute("agents['q'].runtime.replies.extend("
+                  "[QuotaExceeded(retry_after=1.0), 'now watched'])")
+        assert k.execute("%%agent q\nagain").ok
+        k.pump(10, until=lambda m: bool(panel_data([m], kernel_comm))
+               and by_name(panel_data([m], kernel_comm)[0], "q")["turns"] == 2
+               and status_of(panel_data([m], kernel_comm)[0], "q") == "idle")
+        live = [status_of(s, "q") for s in panel_data(k.comm_messages[start:], kernel_comm)]
+        assert "waiting" in live and live[-1] == "idle", live
+    finally:
+        k.shutdown()
 
 
 @pytest.mark.timeout(60)

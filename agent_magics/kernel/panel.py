@@ -1,11 +1,16 @@
 """Kernel side of the JupyterLab "Agents" panel: the ``agent_magics`` comm (protocol 1).
 
 On ``%load_ext agent_magics`` the kernel registers the comm target (a frontend may open a comm
-at any time) and opens one comm itself (a frontend already listening sees the agents at once;
-one without the target closes it). While any comm is open, one daemon thread sends a snapshot
-of every agent and API key when it changes, at most every ``TICK_S`` and at least every
-``HEARTBEAT_S`` (so countdowns the frontend runs locally resync). The frontend sends
-``refresh``, ``cancel`` and ``clear``; each action is answered with a ``result``.
+at any time) and opens one comm itself (so a frontend already listening learns the extension is
+loaded; one without the target closes it). A comm is *listening* once its frontend has shown
+it is there: a comm the frontend opened listens from the start; the one the kernel opened
+listens after the frontend's first message on it (the panel sends ``refresh`` as soon as it
+accepts the comm). Nothing is sent on a comm that does not listen, so a client that never
+answers the comm_open (nbclient, VS Code) costs no thread and gets no snapshot. While any comm
+listens, one daemon thread sends a snapshot of every agent and API key when it changes, at
+most every ``TICK_S`` and at least every ``HEARTBEAT_S`` (so countdowns the frontend runs
+locally resync). The frontend sends ``refresh``, ``cancel`` and ``clear``; each action is
+answered with a ``result``.
 
 Without a kernel (terminal IPython, a plain shell) nothing happens. Importing this module is
 cheap: ``comm`` is imported only when a kernel is there; no pandas, widgets or SDKs.
@@ -168,7 +173,8 @@ class Panel:
         self.heartbeat = heartbeat
         self._clock = clock
         self._threaded = threaded
-        self._comms: list[Any] = []
+        self._comms: list[Any] = []  # every open comm
+        self._live: list[Any] = []  # those whose frontend listens: they get the snapshots
         self._lock = threading.RLock()  # the publisher thread and the main thread both send
         self._last_steady: Any = None
         self._last_sent = float("-inf")
@@ -214,31 +220,52 @@ class Panel:
 
     @property
     def comms(self) -> list[Any]:
+        """Every open comm, listening or not."""
         with self._lock:
             return list(self._comms)
 
-    def attach(self, comm: Any, msg: Any = None) -> None:
-        """Serve ``comm``: the comm target's handler, and used for the comm the kernel opens.
-        It gets the current snapshot now (so do the others: one broadcast keeps one notion
-        of "last sent"), then live ones."""
+    @property
+    def listening(self) -> list[Any]:
+        """The comms whose frontend listens (the ones snapshots go to)."""
+        with self._lock:
+            return list(self._live)
+
+    def attach(self, comm: Any, msg: Any = None, *, listening: bool = True) -> None:
+        """Serve ``comm``: the comm target's handler (a comm the frontend opened listens at
+        once), and used with ``listening=False`` for the comm the kernel opens (it listens
+        from the frontend's first message on it)."""
         comm.on_msg(lambda m: self.handle(comm, m))
         comm.on_close(lambda m: self.detach(comm))
         with self._lock:
             self._comms.append(comm)
-        self.publish()
+        if listening:
+            self._listen(comm)
+
+    def _listen(self, comm: Any) -> bool:
+        """``comm``'s frontend listens: it gets the current snapshot now (so do the others:
+        one broadcast keeps one notion of "last sent"), then live ones. False when it already
+        listened (or is closed)."""
+        with self._lock:
+            if comm not in self._comms or comm in self._live:
+                return False
+            self._live.append(comm)
+            self.publish()
         self._ensure_thread()
+        return True
 
     def detach(self, comm: Any) -> None:
-        """``comm`` was closed; the publisher thread ends by itself when none is left."""
+        """``comm`` was closed; the publisher thread ends by itself when none listens."""
         with self._lock:
             if comm in self._comms:
                 self._comms.remove(comm)
+            if comm in self._live:
+                self._live.remove(comm)
 
     def close(self) -> None:
         """Close every comm (the frontend sees comm_close) and stop publishing."""
         self._stop.set()
         with self._lock:
-            comms, self._comms = self._comms, []
+            comms, self._comms, self._live = self._comms, [], []
             thread, self._thread = self._thread, None
         for comm in comms:
             try:
@@ -258,23 +285,24 @@ class Panel:
     def _broadcast(self, state: dict[str, Any], now: float) -> None:
         with self._lock:
             message = self.snapshot(state)
-            for comm in list(self._comms):
+            for comm in list(self._live):
                 self._send(comm, message)
             self._last_steady, self._last_sent = _steady(state), now
 
     # -- publishing -------------------------------------------------------------------------
 
     def publish(self) -> None:
-        """Send a snapshot to every comm now (a new comm, after an action)."""
+        """Send a snapshot to every listening comm now (a new one, after an action)."""
         with self._lock:
-            self._broadcast(self.state(), self._clock())
+            if self._live:
+                self._broadcast(self.state(), self._clock())
 
     def tick(self) -> bool:
         """One publisher step: send when the state changed or the heartbeat is due, never
         twice within ``interval``. Returns whether it sent."""
         with self._lock:
             now = self._clock()
-            if not self._comms or now - self._last_sent < self.interval:
+            if not self._live or now - self._last_sent < self.interval:
                 return False
             state = self.state()
             if _steady(state) == self._last_steady and now - self._last_sent < self.heartbeat:
@@ -293,7 +321,7 @@ class Panel:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             with self._lock:
-                if not self._comms:  # decided under the lock, so attach() starts a new one
+                if not self._live:  # decided under the lock, so _listen() starts a new one
                     self._thread = None
                     return
             try:
@@ -304,11 +332,17 @@ class Panel:
     # -- actions ----------------------------------------------------------------------------
 
     def handle(self, comm: Any, msg: Any) -> None:
-        """A message from the frontend (on the kernel's main thread); never raises."""
+        """A message from the frontend (on the kernel's main thread); never raises. The first
+        one on a comm the kernel opened makes it listen (answering a ``refresh`` too)."""
         try:
             data = msg["content"]["data"]
         except (TypeError, KeyError, IndexError):
             data = None
+        try:
+            if self._listen(comm) and isinstance(data, dict) and data.get("type") == "refresh":
+                return  # the snapshot _listen sent answers it
+        except Exception:
+            log.debug("panel: publishing failed", exc_info=True)
         try:
             reply = self._dispatch(comm, data)
         except Exception as exc:
@@ -363,8 +397,9 @@ _panel: Panel | None = None
 
 
 def install(shell: Any, magics: Any = None) -> Panel | None:
-    """``%load_ext``: register the comm target and open a comm to the frontend. A no-op
-    (None) without a kernel; loading again keeps the one panel (and its one publisher)."""
+    """``%load_ext``: register the comm target and open a comm to the frontend (silent until
+    the frontend answers on it). A no-op (None) without a kernel; loading again keeps the one
+    panel (and its one publisher)."""
     global _panel
     if getattr(shell, "kernel", None) is None:
         return None
@@ -380,7 +415,8 @@ def install(shell: Any, magics: Any = None) -> Panel | None:
         elif magics is not None:
             _panel.magics = magics
         if not _panel.comms:
-            _panel.attach(comm.create_comm(target_name=TARGET, data={"version": VERSION}))
+            _panel.attach(comm.create_comm(target_name=TARGET, data={"version": VERSION}),
+                          listening=False)  # until the frontend answers: maybe none listens
     except Exception:  # the panel is an extra: the magics must load regardless
         log.debug("panel: cannot set up the comm", exc_info=True)
     return _panel

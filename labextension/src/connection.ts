@@ -2,13 +2,15 @@
  * The link between the panel and one notebook's kernel: registers the `agent_magics` comm
  * target (the kernel opens a comm when `%load_ext agent_magics` runs), opens a comm itself when
  * it attaches (the extension may already be loaded), and follows kernel changes and restarts.
+ * The kernel publishes nothing on the comm it opened until this side answers on it: the
+ * connection sends `refresh` (with the protocol version) as soon as it accepts that comm.
  */
 
 import { ISessionContext } from '@jupyterlab/apputils';
 import { Kernel, KernelMessage } from '@jupyterlab/services';
 
 import { PanelModel, cancelRoute } from './model';
-import { Action, COMM_TARGET, IAgentInfo, parseMessage } from './protocol';
+import { Action, COMM_TARGET, IAgentInfo, PROTOCOL_VERSION, parseMessage } from './protocol';
 
 let requestCounter = 0;
 
@@ -127,11 +129,19 @@ export class KernelLink {
     }
   }
 
-  /** The kernel opened a comm (at `%load_ext agent_magics`): it replaces ours. */
+  /**
+   * The kernel opened a comm (at `%load_ext agent_magics`): it replaces ours. The kernel
+   * stays silent on it until we answer, so say at once that a panel listens.
+   */
   private _onCommOpen = (comm: Kernel.IComm, msg: KernelMessage.ICommOpenMsg): void => {
     this._dropComm();
     this._adopt(comm);
     this._handle(msg.content.data);
+    try {
+      this.send({ type: 'refresh', version: PROTOCOL_VERSION });
+    } catch (err) {
+      console.warn('agent_magics: cannot answer the comm', err);
+    }
   };
 
   private _adopt(comm: Kernel.IComm): void {

@@ -66,8 +66,13 @@ export interface IResult {
 
 export type KernelMessage = ISnapshot | IResult;
 
+/**
+ * What the panel sends. `refresh` asks for a snapshot; it is also the panel's first message on
+ * a comm the kernel opened, which the kernel keeps silent until then (a client without the
+ * panel never answers). `version` (optional, ignored by older kernels) is the panel's protocol.
+ */
 export type Action =
-  | { type: 'refresh' }
+  | { type: 'refresh'; version?: number }
   | { type: 'cancel'; agent: string; request_id: string }
   | { type: 'clear'; agent: string; request_id: string };
 
