@@ -707,8 +707,14 @@ class Agent:
                     _break_paragraph(response, next(t for t in texts if t))
                 thoughts: list[str] = []
                 if len(texts) != len(batch):
-                    calls.extend([c for c in batch if type(c) is ToolCall])
-                    thoughts = [c.text for c in batch if type(c) is Thought]
+                    for c in batch:
+                        kind = type(c)
+                        if kind is ToolCall:  # ours to run
+                            calls.append(c)
+                        elif kind is Thought:
+                            thoughts.append(c.text)
+                        elif isinstance(c, (ToolCall, ToolResult)):
+                            self._record_runtime_tool(c, reply._turn)
                 a.text_chunks += len(texts)
                 a.published += len(batch) - len(texts)
                 n_text += len(texts)
@@ -761,6 +767,17 @@ class Agent:
             self._cut_off_tools(call, step_id, exc, turn, response, answered, later)
             raise
         self._answer_tool(call, result, status, turn, response, answered)
+
+    def _record_runtime_tool(self, chunk: ToolCall | ToolResult, turn: int) -> None:
+        """A call the runtime ran itself (a ``ToolCall`` subclass, e.g. an Antigravity harness's
+        own tools), or its result: recorded as a step like ours, never run here."""
+        if isinstance(chunk, ToolCall):
+            step = Step("assistant", "tool_call", chunk.text, turn=turn, tool_name=chunk.name,
+                        tool_call_id=chunk.id, data=chunk.args)
+        else:
+            step = Step("tool", "tool_result", chunk.text, turn=turn, tool_name=chunk.name,
+                        tool_call_id=chunk.id, status="error" if chunk.is_error else "ok")
+        self.store.add_step(self._conversation_id, self.name, step)
 
     def _answer_tool(self, call: ToolCall, result: ToolResult, status: str, turn: int,
                      response: ChatResponse, answered: list[tuple[ToolResult, str]]) -> None:

@@ -204,7 +204,7 @@ class ChatResponse:
 
     @property
     def tool_calls(self) -> _Stream:
-        return _Stream(self, lambda c: c if type(c) is ToolCall else None)
+        return _Stream(self, lambda c: c if isinstance(c, ToolCall) else None)
 
     @property
     def tool_results(self) -> _Stream:

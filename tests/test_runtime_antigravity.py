@@ -470,6 +470,13 @@ async def test_builtin_tool_calls_stream_and_are_recorded_not_rerun(chat, make, 
         ("assistant", "text", None, None, "ok"),
     ]
     assert agent.history[-1].text == "Looking.\n\nIt says AAA."
+    # recorded in the store too (history_df, resume), and in the response's tool_calls
+    recorded = agent.history_df()
+    tool_rows = recorded[recorded["kind"].isin(["tool_call", "tool_result"])]
+    assert tool_rows[["kind", "tool_name", "status"]].values.tolist() == [
+        ["tool_call", "view_file", "ok"], ["tool_result", "view_file", "ok"],
+        ["tool_call", "view_file", "ok"], ["tool_result", "view_file", "error"]]
+    assert [c.id async for c in response.tool_calls] == [call1.id, call2.id]
     # the next turn goes on as usual (nothing left unanswered)
     chat.add(Turn("next"))
     assert await agent.chat_text("and now?") == "next"
@@ -505,13 +512,14 @@ async def test_builtin_and_our_tools_in_one_turn(chat, make, tmp_path):
     assert sorted((type(c).__name__, c.name) for c in tools) == [
         ("HarnessToolCall", "view_file"), ("ToolCall", "add"),
         ("ToolResult", "add"), ("ToolResult", "view_file")]
-    assert [c.name for c in await _collect(response.tool_calls)] == ["add"]  # the handle's
+    assert sorted(c.name for c in await _collect(response.tool_calls)) == ["add", "view_file"]
     kinds = sorted((s.kind, s.tool_name) for s in agent.history if s.kind.startswith("tool"))
     assert kinds == [("tool_call", "add"), ("tool_call", "view_file"),
                      ("tool_result", "add"), ("tool_result", "view_file")]
-    # our tool's steps are in the store too; the harness's are the runtime's history only
+    # both kinds of steps are in the store too
     df = agent.history_df()
-    assert df[df.kind == "tool_call"].text.str.startswith("add(").tolist() == [True]
+    assert sorted(df[df.kind == "tool_call"].tool_name) == ["add", "view_file"]
+    assert sorted(df[df.kind == "tool_result"].tool_name) == ["add", "view_file"]
 
 
 async def _collect(stream):
