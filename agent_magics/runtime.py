@@ -13,7 +13,13 @@ own. Errors are raised from the iterator; quota errors as
 
 :class:`BaseRuntime` keeps the conversation bookkeeping every runtime needs (history, turns,
 usage, idle/wake-up signalling); a provider implements ``_stream()`` and optionally the
-``_create`` / ``_shutdown`` / ``_delete`` hooks.
+``_create`` / ``_reconfigure`` / ``_shutdown`` / ``_delete`` hooks.
+
+A provider that builds the config-dependent parts of its requests once (tool declarations,
+temperature...) rebuilds them in ``_reconfigure``: :class:`BaseRuntime` calls it before a model
+call whenever those parts of ``conv.config`` changed since they were last built (a later
+``%%agent NAME -t tool`` cell, or ``agent.config.temperature = 0.2`` on a started agent; the
+handle passes its own ``config`` object, so such changes reach ``conv.config``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,7 +48,7 @@ from .types import (
 )
 
 __all__ = ["BaseRuntime", "Conversation", "Runtime", "accepts_keyword", "chat_kwargs",
-           "create_kwargs"]
+           "create_kwargs", "request_signature"]
 
 
 @runtime_checkable
@@ -104,6 +110,8 @@ class Conversation:
     cancel_requested: bool = False
     closed: bool = False
     state: Any = None  # provider-specific (an SDK session, a client...)
+    #: :func:`request_signature` of ``config`` when the provider last built its request parts
+    request_signature: tuple[Any, ...] | None = None
     _idle: asyncio.Event | None = None
     _wakeup: asyncio.Event | None = None
 
@@ -168,6 +176,41 @@ def chat_kwargs(runtime: Any, *, schema: Any = None) -> dict[str, Any]:
     return {"schema": schema}
 
 
+_OPAQUE = object()  # marks an (id, object) pair in a signature
+
+
+def _frozen(value: Any, depth: int = 0) -> Any:
+    """A comparable stand-in for an ``options`` value (which may be unhashable): scalars as
+    they are, dicts and lists by content (a few levels deep), anything else by identity."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or value is None:
+        return value
+    if kind is bool:
+        return (bool, value)  # True == 1, but not as an option value
+    if depth < 4:
+        if isinstance(value, Mapping):
+            return (dict, tuple([(k, _frozen(v, depth + 1)) for k, v in value.items()]))
+        if isinstance(value, (list, tuple)):
+            return (list, tuple([_frozen(v, depth + 1) for v in value]))
+    return (_OPAQUE, id(value), value)
+
+
+def request_signature(config: AgentConfig) -> tuple[Any, ...]:
+    """What of ``config`` shapes a provider's request, as a tuple that compares cheaply:
+    system instructions, temperature, max output tokens, the identities of the tools and of the
+    response schema, and the options. Objects compared by identity travel as ``(id, object)``
+    pairs: a differing id ends the comparison before the objects are compared (no custom
+    ``__eq__`` runs), an equal one means the same object (it is kept alive by the signature, so
+    its id cannot be reused meanwhile)."""
+    tools = config.tools
+    schema = config.response_schema
+    options = config.options
+    return (config.system_instructions, config.temperature, config.max_output_tokens,
+            tuple(zip(map(id, tools), tools, strict=True)) if tools else (),
+            (id(schema), schema),
+            tuple([(k, _frozen(v)) for k, v in options.items()]) if options else ())
+
+
 def _is_tool_results(content: Sequence[Any]) -> bool:
     return bool(content) and all(isinstance(c, ToolResult) for c in content)
 
@@ -210,6 +253,13 @@ class BaseRuntime:
     async def _create(self, conv: Conversation) -> None:
         """Set up provider state for a new agent (e.g. open a session)."""
 
+    def _reconfigure(self, conv: Conversation) -> None:
+        """Rebuild the request parts made from ``conv.config`` (tools, temperature, system
+        instructions, output schema, options), keeping clients and keys. Called before a model
+        call when :func:`request_signature` of the config changed since they were built; an
+        error raised here fails that call and the next one tries again. The default does
+        nothing (for runtimes that read ``conv.config`` at each call)."""
+
     async def _shutdown(self, conv: Conversation) -> None:
         """Release provider state (close sessions, stop processes)."""
 
@@ -225,6 +275,8 @@ class BaseRuntime:
         conv = Conversation(agent_id, config, steps=list(history),
                             conversation_id=conversation_id, store_dir=store_dir)
         conv.turns = max((s.turn for s in conv.steps), default=0)
+        # taken before _create reads the config: a change made meanwhile is picked up later
+        conv.request_signature = request_signature(config)
         await self._create(conv)
         self._conversations[agent_id] = conv
         return agent_id
@@ -300,6 +352,11 @@ class BaseRuntime:
         others: list[Any] = []  # thoughts and tool calls (rare, so kept apart from the text)
         finish: Finish | None = None
         status = "ok"
+        if type(self)._reconfigure is not BaseRuntime._reconfigure:
+            signature = request_signature(conv.config)
+            if signature != conv.request_signature:
+                self._reconfigure(conv)  # raising: this call fails, nothing is recorded
+                conv.request_signature = signature
         conv.busy += 1
         conv.cancel_requested = False
         if conv._idle is not None:

@@ -145,6 +145,35 @@ async def test_image_pdf_and_text_document_parts(server, runtime):
 
 # -- tools ----------------------------------------------------------------------------------------
 
+async def test_config_changed_after_start_reaches_the_next_request(server, runtime):
+    async with agent_for(server, runtime, system_instructions="First.") as agent:
+        assert await agent.chat_text("one") == "ok"
+        agent.config.tools.append(add)
+        agent.config.temperature = 0.2
+        agent.config.system_instructions = "Second."
+        agent._validate()  # what %%agent -t does for a started agent (the handle runs the tool)
+        assert await agent.chat_text("two") == "ok"
+    first, second = server.bodies
+    assert "tools" not in first and "temperature" not in first
+    assert first["system"] == "First."
+    assert [t["name"] for t in second["tools"]] == ["add"]
+    assert second["tools"][0]["input_schema"]["properties"] == {"a": {"type": "integer"},
+                                                                "b": {"type": "integer"}}
+    assert second["temperature"] == 0.2
+    assert second["system"] == "Second."
+
+
+async def test_a_config_change_the_api_forbids_fails_that_call_only(server, runtime):
+    async with agent_for(server, runtime, options={"thinking": 2048}) as agent:
+        assert await agent.chat_text("one") == "ok"
+        agent.config.temperature = 0.2  # Anthropic allows thinking only at temperature 1
+        with pytest.raises(ConfigError, match="temperature 1"):
+            await agent.chat_text("two")
+        agent.config.temperature = None
+        assert await agent.chat_text("three") == "ok"
+    assert len(server.bodies) == 2 and "temperature" not in server.bodies[1]
+
+
 async def test_tool_call_round_trip(server, runtime):
     server.queue(Turn("Let me compute.", tool_uses=[("add", {"a": 2, "b": 3}),
                                                     ("explode", {"reason": "test"})],

@@ -170,6 +170,24 @@ def get_capital(country: str) -> str:
     return {"France": "Paris"}.get(country, "unknown")
 
 
+async def test_config_changed_after_start_reaches_the_next_request(server, make):
+    agent = make(system_instructions="First.", options={"top_p": 0.5})
+    assert await agent.chat_text("one") == "echo: one"
+    agent.config.tools.append(get_capital)
+    agent.config.temperature = 0.2
+    agent.config.system_instructions = "Second."
+    agent._validate()  # what %%agent -t does for a started agent (the handle runs the tool)
+    assert await agent.chat_text("two") == "echo: two"
+    first, second = bodies(server)
+    assert "tools" not in first and first["generationConfig"] == {"topP": 0.5}
+    assert first["systemInstruction"] == {"parts": [{"text": "First."}], "role": "user"}
+    [declaration] = second["tools"][0]["functionDeclarations"]
+    assert declaration["name"] == "get_capital"
+    assert declaration["parametersJsonSchema"]["required"] == ["country"]
+    assert second["generationConfig"] == {"temperature": 0.2, "topP": 0.5}
+    assert second["systemInstruction"] == {"parts": [{"text": "Second."}], "role": "user"}
+
+
 async def test_tool_call_round_trip_without_ids(api, server, make):
     api.add([g.chunk([g.call_part("get_capital", {"country": "France"},
                                   signature=base64.b64encode(b"sig-1").decode())],

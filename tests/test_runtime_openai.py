@@ -169,6 +169,67 @@ async def test_image_part_and_text_fallbacks(server, make):
     assert server.requests[1].json["messages"][0]["content"][1]["type"] == "image_url"
 
 
+# -- config changed after the agent started --------------------------------------------------
+
+async def test_config_changed_after_start_reaches_the_next_request(server, make, monkeypatch):
+    agent = make(system_instructions="First.", options={"stop": ["END"]})
+    await agent.chat_text("one")
+    rebuilds = []
+    real = OpenAIRuntime._reconfigure
+    monkeypatch.setattr(OpenAIRuntime, "_reconfigure",
+                        lambda self, conv: (rebuilds.append(1), real(self, conv))[1])
+    await agent.chat_text("unchanged")
+    assert rebuilds == []  # nothing changed: the request parts are reused
+    agent.config.tools.append(add)
+    agent.config.temperature = 0.2
+    agent.config.max_output_tokens = 50
+    agent.config.system_instructions = "Second."
+    agent.config.options["stop"].append("STOP")  # an unhashable value changed in place
+    agent._validate()  # what %%agent -t does for a started agent (the handle runs the tool)
+    await agent.chat_text("two")
+    await agent.chat_text("three")
+    assert rebuilds == [1]  # once, at the first call after the change
+    first, _, second, third = (r.json for r in server.requests)
+    assert "tools" not in first and "temperature" not in first
+    assert "max_completion_tokens" not in first and first["stop"] == ["END"]
+    assert first["messages"][0] == {"role": "system", "content": "First."}
+    assert [t["function"]["name"] for t in second["tools"]] == ["add"]
+    assert second["tools"][0]["function"]["description"] == "Add two integers."
+    assert second["temperature"] == 0.2 and second["max_completion_tokens"] == 50
+    assert second["stop"] == ["END", "STOP"]
+    assert second["messages"][0] == {"role": "system", "content": "Second."}
+    assert third["tools"] == second["tools"] and third["temperature"] == 0.2
+
+
+def test_a_tool_added_by_a_later_cell_is_declared(server, make):
+    """%%agent NAME -t fn --temperature T -s S on a later cell, through the magics."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    import agent_magics
+
+    agent = make()
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_line_magic("load_ext", "agent_magics")
+        shell.run_line_magic("config", "AgentMagics.store = ':memory:'")
+        shell.user_ns["add"] = add
+        agent_magics.agents["calc"] = agent
+        for cell in ("%%agent calc\nhi", "%%agent calc -t add --temperature 0.3 -s Sum.\nagain"):
+            with capture_output():
+                result = shell.run_cell(cell)
+            assert result.error_in_exec is None, result.error_in_exec
+    finally:
+        agent_magics.agents.pop("calc", None)
+        shell.run_line_magic("unload_ext", "agent_magics")
+        InteractiveShell.clear_instance()
+    first, second = (r.json for r in server.requests)
+    assert "tools" not in first and "temperature" not in first
+    assert [t["function"]["name"] for t in second["tools"]] == ["add"]
+    assert second["temperature"] == 0.3
+    assert second["messages"][0] == {"role": "system", "content": "Sum."}
+
+
 # -- tools and structured output ---------------------------------------------------------------
 
 async def test_tool_call_round_trip(chat, server, make):

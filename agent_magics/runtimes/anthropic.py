@@ -99,7 +99,8 @@ def _tool_name(name: str, taken: set[str]) -> str:
 
 @dataclass
 class _Plan:
-    """The request fields every call of one agent shares (worked out once, at creation)."""
+    """The request fields every call of one agent shares (worked out at creation, and again
+    when the config changes: ``AnthropicRuntime._reconfigure``)."""
 
     body: dict[str, Any]
     thinking: bool
@@ -493,6 +494,13 @@ class AnthropicRuntime(BaseRuntime):
         client = sdk.AsyncAnthropic(api_key=key, base_url=config.base_url or None,
                                     max_retries=0, timeout=timeout)
         conv.state = _State(client, plan, _create_parameters(client))
+
+    def _reconfigure(self, conv: Conversation) -> None:
+        """The config changed after creation: rebuild the plan (same client)."""
+        state = conv.state
+        if isinstance(state, _State):
+            state.plan = _Plan.from_config(conv.config)
+            state.schema_plan = None  # made from the old config
 
     async def _shutdown(self, conv: Conversation) -> None:
         state, conv.state = conv.state, None

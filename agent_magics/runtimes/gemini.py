@@ -186,7 +186,7 @@ class _AgentState:
 
     client_key: tuple[Any, ...]
     client: Any
-    config: Any  # the GenerateContentConfig every call of this agent uses
+    config: Any  # the GenerateContentConfig of this agent's calls (rebuilt when it changes)
     signatures: dict[str, bytes] = field(default_factory=dict)  # call id -> thought signature
     #: (a turn's own schema, the config asking for it): made at its first call, reused by the
     #: turn's later calls (tool rounds, a repair)
@@ -305,7 +305,8 @@ def build_contents(types: Any, steps: Sequence[Step], content: Sequence[Any],
 
 
 def build_config(types: Any, config: AgentConfig) -> Any:
-    """The ``GenerateContentConfig`` every call of an agent with ``config`` sends."""
+    """The ``GenerateContentConfig`` every call of an agent with ``config`` sends (made at
+    creation and again when the config changes, see ``GeminiRuntime._reconfigure``)."""
     from ..structured import OutputSchema
     from ..tools import ToolSet
 
@@ -436,6 +437,14 @@ class GeminiRuntime(BaseRuntime):
         request_config = build_config(types, conv.config)
         client_key, client = await self._acquire_client(conv.config)
         conv.state = _AgentState(client_key, client, request_config)
+
+    def _reconfigure(self, conv: Conversation) -> None:
+        """The config changed after creation: rebuild the request config (same client)."""
+        state = conv.state
+        if isinstance(state, _AgentState):
+            _, types = _sdk()
+            state.config = build_config(types, conv.config)
+            state.schema_config = None  # made from the old config
 
     async def _shutdown(self, conv: Conversation) -> None:
         state = conv.state

@@ -220,6 +220,27 @@ def _response_format(schema: Any) -> dict[str, Any] | None:
             "json_schema": {"name": name, "schema": out.json_schema, "strict": False}}
 
 
+def _fixed_request(config: AgentConfig, preset: Preset, model: str) -> dict[str, Any]:
+    """The request parts every call of an agent with ``config`` sends (made at creation and
+    again when they change, see ``OpenAIRuntime._reconfigure``)."""
+    fixed: dict[str, Any] = {"model": model, "stream": True,
+                             "stream_options": {"include_usage": True}}
+    if config.temperature is not None:
+        fixed["temperature"] = config.temperature
+    if config.max_output_tokens:
+        fixed[preset.max_tokens_param] = int(config.max_output_tokens)
+    tools = _tools_param(config.tools)
+    if tools:
+        fixed["tools"] = tools
+    response_format = _response_format(config.response_schema)
+    if response_format is not None:
+        fixed["response_format"] = response_format
+    for name, value in config.options.items():
+        if name in REQUEST_OPTIONS:
+            fixed[name] = value
+    return fixed
+
+
 # -- the stream ---------------------------------------------------------------------------------
 
 def _usage(usage: Any) -> UsageMetadata:
@@ -457,7 +478,7 @@ class _AgentState:
     base_url: str | None
     model: str
     key_vars: tuple[str, ...]
-    fixed: dict[str, Any]  # the request's parts that do not change between calls
+    fixed: dict[str, Any]  # the request's parts made from the config (rebuilt when it changes)
     #: (a turn's own schema, its response_format): made at the turn's first call, reused by
     #: its later calls (tool rounds, a repair)
     schema_format: tuple[Any, Any] | None = None
@@ -518,21 +539,7 @@ class OpenAIRuntime(BaseRuntime):
         except (TypeError, ValueError):
             raise ConfigError(f"options['timeout'] must be seconds, got "
                               f"{config.options['timeout']!r}") from None
-        fixed: dict[str, Any] = {"model": model, "stream": True,
-                                 "stream_options": {"include_usage": True}}
-        if config.temperature is not None:
-            fixed["temperature"] = config.temperature
-        if config.max_output_tokens:
-            fixed[preset.max_tokens_param] = int(config.max_output_tokens)
-        tools = _tools_param(config.tools)
-        if tools:
-            fixed["tools"] = tools
-        response_format = _response_format(config.response_schema)
-        if response_format is not None:
-            fixed["response_format"] = response_format
-        for name, value in config.options.items():
-            if name in REQUEST_OPTIONS:
-                fixed[name] = value
+        fixed = _fixed_request(config, preset, model)
         client_key = (key_fingerprint(key), base_url, timeout)
         entry = self._clients.get(client_key)
         if entry is None:
@@ -545,6 +552,12 @@ class OpenAIRuntime(BaseRuntime):
         entry[1] += 1
         conv.state = _AgentState(client_key, entry[0], preset, base_url, model,
                                  tuple(key_vars), fixed)
+
+    def _reconfigure(self, conv: Conversation) -> None:
+        """The config changed after creation: rebuild the fixed request parts (same client)."""
+        state = conv.state
+        if isinstance(state, _AgentState):
+            state.fixed = _fixed_request(conv.config, state.preset, state.model)
 
     async def _shutdown(self, conv: Conversation) -> None:
         state = conv.state
