@@ -7,6 +7,7 @@ Every test drives ``openai.AsyncOpenAI`` over HTTP on 127.0.0.1 (tests/servers/o
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from datetime import datetime, timedelta, timezone
@@ -18,7 +19,7 @@ import pytest
 pytest.importorskip("openai")
 
 from agent_magics import Agent, AgentConfig
-from agent_magics.content import Audio, Document, Image, TextPart
+from agent_magics.content import Audio, Document, Image, TextPart, Video
 from agent_magics.errors import AgentError, BackendError, ConfigError, QuotaExceeded
 from agent_magics.loop import run_sync
 from agent_magics.runtimes import clear_cache, runtime_for
@@ -150,23 +151,36 @@ async def test_multi_turn_history_is_sent(chat, server, make):
     ]
 
 
-async def test_image_part_and_text_fallbacks(server, make):
+async def test_images_pdfs_audio_and_text_documents_are_sent_natively(server, make):
     agent = make()
+    wav = b"RIFF\x00\x00\x00\x00WAVEfmt "
     parts = [TextPart("Describe these."), Image(PNG, "image/png", "dot.png"),
              Document(b"a,b\n1,2\n", "text/csv", "t.csv"),
              Document(b"%PDF-1.4 fake", "application/pdf", "r.pdf"),
-             Audio(b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio/wav", "a.wav")]
+             Audio(wav, "audio/wav", "a.wav")]
     await agent.chat_text(parts)
     content = server.requests[0].json["messages"][-1]["content"]
     assert content[0] == {"type": "text", "text": "Describe these."}
     assert content[1]["type"] == "image_url"
     assert content[1]["image_url"]["url"].startswith("data:image/png;base64,iVBORw0KGgo")
     assert content[2]["type"] == "text" and content[2]["text"].endswith("a,b\n1,2")
-    assert content[3] == {"type": "text", "text": parts[3].describe()}
-    assert content[4] == {"type": "text", "text": parts[4].describe()}
+    assert content[3] == {"type": "file", "file": {
+        "filename": "r.pdf",
+        "file_data": "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4 fake").decode()}}
+    assert content[4] == {"type": "input_audio", "input_audio": {
+        "data": base64.b64encode(wav).decode(), "format": "wav"}}
     # the image travels again with the history of the next turn
     await agent.chat_text("and now?")
     assert server.requests[1].json["messages"][0]["content"][1]["type"] == "image_url"
+
+
+async def test_a_part_chat_completions_cannot_take_is_a_clear_error_not_dropped(server, make):
+    agent = make()
+    with pytest.raises(ConfigError, match=r"cannot take .*clip\.mp4.*gemini"):
+        await agent.chat_text(["Watch this.", Video(b"\x00\x00\x00\x18ftypmp42", "video/mp4",
+                                                     "clip.mp4")])
+    assert server.requests == []  # nothing was sent without it
+    assert await agent.chat_text("still there?") == "still there?"
 
 
 # -- config changed after the agent started --------------------------------------------------

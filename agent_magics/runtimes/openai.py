@@ -77,6 +77,7 @@ REQUEST_OPTIONS = frozenset({
 DEFAULT_TIMEOUT_S = 600.0  # a reasoning model may think for minutes before its first byte
 CONNECT_TIMEOUT_S = 10.0
 _IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+_AUDIO_FORMATS = {"audio/wav": "wav", "audio/mpeg": "mp3"}  # input_audio's two formats
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
 _SCHEMA_NAME = re.compile(r"[^A-Za-z0-9_-]+")
 _TRY_AGAIN = re.compile(r"try again in\s+((?:[0-9]*\.?[0-9]+\s*(?:ms|h|m|s)\s*)+)",
@@ -115,7 +116,9 @@ def _with_v1(url: str) -> str:
 # -- request building ---------------------------------------------------------------------------
 
 def _part_payload(part: Any) -> dict[str, Any] | str:
-    """One user content part: an image_url part for images OpenAI takes, else text."""
+    """One user content part as chat completions takes it: images, PDFs (``file``) and
+    wav/mp3 audio (``input_audio``) natively, text documents inline; anything else is a
+    ConfigError rather than silently dropped."""
     if isinstance(part, str):
         return part
     text = getattr(part, "text", None)
@@ -126,8 +129,18 @@ def _part_payload(part: Any) -> dict[str, Any] | str:
         return {"type": "image_url", "image_url": {"url": part.to_data_url()}}
     if mime is not None and getattr(part, "is_text", False):
         return f"{part.describe()}\n{part.decode().rstrip()}"
-    describe = getattr(part, "describe", None)
-    return describe() if callable(describe) else str(part)
+    if mime == "application/pdf":
+        return {"type": "file", "file": {"filename": getattr(part, "name", None) or "file.pdf",
+                                         "file_data": part.to_data_url()}}
+    if mime in _AUDIO_FORMATS:
+        return {"type": "input_audio",
+                "input_audio": {"data": part.to_base64(), "format": _AUDIO_FORMATS[mime]}}
+    if mime is not None:
+        describe = getattr(part, "describe", None)
+        what = describe() if callable(describe) else mime
+        raise ConfigError(f"chat completions cannot take {what}: images, PDFs, text and "
+                          "wav/mp3 audio can be sent; convert it, or use a gemini: agent")
+    return str(part)
 
 
 def _user_content(parts: Any) -> str | list[dict[str, Any]]:
