@@ -1312,9 +1312,10 @@ SAFETY = [
         Population of lima and of Atlantis, please. Also keep my wifi password in a note.
     """),
     md("""
-        The `tool_call` rows keep the arguments the model sent (`"  lima "`); the first result
-        shows the tool ran with the tidied name. The failed look-up's result is the hook's
-        hint instead of `error: KeyError: 'Atlantis'`, and the note was refused by `no_secrets`:
+        The `tool_call` rows record the calls as they ran: the hook tidied `"  lima "` to
+        `"Lima"` (the conversation sent back to the model keeps what it asked for). The failed
+        look-up's result is the hook's hint instead of `error: KeyError: 'Atlantis'`, and the
+        note was refused by `no_secrets`:
     """),
     code("""
         history = %agent history hooked
