@@ -281,6 +281,18 @@ class Agent:
         check_write_tools(tools.specs, policies, hooks.has("pre_tool_call"))
         self._schema = OutputSchema.from_config(self.config.response_schema)
         self._policies, self._tools, self._hooks = policies, tools, hooks
+        self._validated = self._checked_shape()
+
+    def _checked_shape(self) -> tuple[Any, ...]:
+        """What :meth:`_validate` read, cheaply comparable: a tool, policy or schema set on
+        ``agent.config`` after start is picked up (and checked) by the next turn."""
+        config = self.config
+
+        def ids(value: Any) -> Any:
+            return tuple(map(id, value)) if isinstance(value, (list, tuple)) else id(value)
+
+        return (ids(config.tools), ids(config.policies), id(config.response_schema),
+                id(config.hooks))
 
     async def _ensure_started(self) -> str:
         if self._shut_down:
@@ -402,6 +414,8 @@ class Agent:
 
         parts = normalize(content)
         await self._ensure_started()
+        if self._checked_shape() != self._validated:
+            self._validate()  # a PolicyError / ConfigError fails this turn before any call
         given = schema  # the turn's own schema, offered to the runtime with its calls
         if schema is not None:
             from .structured import OutputSchema

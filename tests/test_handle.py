@@ -1100,3 +1100,28 @@ async def test_a_key_set_after_the_handle_was_made_is_the_one_it_uses(monkeypatc
     assert agent.quota is runtime.quota_registry.state_for_key("sk-set-later-0000000000000000")
     assert agent.quota is not keyless
     assert agent.usage_df()["key_id"].tolist() == [key_fingerprint("sk-set-later-0000000000000000")]
+
+
+async def test_tools_and_policies_set_on_a_started_agents_config_are_used_and_checked(make,
+                                                                                    runtime):
+    from agent_magics.tools import tool
+
+    agent = make("first", Reply("", tool_calls=[ToolCall("add", {"a": 2, "b": 3})]), "five")
+    assert await agent.chat_text("one") == "first"
+    agent.config.tools.append(add)  # the library's way of what a later cell's -t does
+    assert await agent.chat_text("two") == "five"
+    assert runtime.calls[2].content[0].result == 5  # run, not "no tool named 'add'"
+
+    @tool(write=True)
+    def wipe() -> str:
+        """Erase everything."""
+        return "gone"
+
+    agent.config.tools.append(wipe)  # a write tool with no policy: refused before any call
+    calls = len(runtime.calls)
+    with pytest.raises(PolicyError, match="wipe"):
+        await agent.chat_text("three")
+    assert len(runtime.calls) == calls
+    agent.config.policies = [allow("wipe")]
+    runtime.add("fine")
+    assert await agent.chat_text("four") == "fine"
