@@ -164,8 +164,9 @@ def test_panel_actions_cancel_clear_and_usage(page):
 
     # Clear forgets the conversation (turns and tokens stay: they count usage).
     agent_card(page, "storyteller").locator('[data-action="clear"]').click()
-    notice = panel(page).locator('[data-testid="notice"]')
-    notice.wait_for()
+    # the notice of the cancel above may still show: wait for the answer to this click
+    notice = panel(page).locator('[data-testid="notice"]').filter(has_text="history cleared")
+    notice.wait_for(timeout=10_000)
     assert notice.inner_text() == "storyteller: history cleared"
 
     # Usage opens `%agent usage NAME` in a new cell below and runs it: a DataFrame.
