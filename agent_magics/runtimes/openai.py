@@ -80,8 +80,6 @@ _IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 _AUDIO_FORMATS = {"audio/wav": "wav", "audio/mpeg": "mp3"}  # input_audio's two formats
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
 _SCHEMA_NAME = re.compile(r"[^A-Za-z0-9_-]+")
-_TRY_AGAIN = re.compile(r"try again in\s+((?:[0-9]*\.?[0-9]+\s*(?:ms|h|m|s)\s*)+)",
-                        re.IGNORECASE)
 _QUOTA_CODES = frozenset({"rate_limit_exceeded", "429", "503", "529", "overloaded",
                           "overloaded_error", "server_overloaded", "slow_down"})
 
@@ -381,16 +379,6 @@ def _error_fields(exc: Any) -> tuple[str, str, str]:
     return message, kind, code
 
 
-def _message_hint(message: str) -> float | None:
-    """OpenAI's "Please try again in 1.5s" / "in 6m0s" / "in 350ms"."""
-    match = _TRY_AGAIN.search(message)
-    if match:
-        seconds = parse_duration(match.group(1).replace(" ", ""))
-        if seconds is not None:
-            return seconds
-    return _retry_hint(message)
-
-
 def retry_after_for(headers: Any, message: str = "", kind: str = "") -> float | None:
     """The wait an OpenAI-style 429 asks for, or None.
 
@@ -406,7 +394,8 @@ def retry_after_for(headers: Any, message: str = "", kind: str = "") -> float | 
         seconds = retry_after_from_headers(direct) if direct else None
         if seconds is not None:
             return seconds
-    seconds = _message_hint(message) if message else None
+    # OpenAI's "Please try again in 1.5s" / "in 6m0s" / "in 350ms"
+    seconds = _retry_hint(message) if message else None
     if seconds is not None or get is None:
         return seconds
     limits = [kind] if kind in ("requests", "tokens") else \
