@@ -766,8 +766,7 @@ class Agent:
         exception goes on."""
         store = self.store
         step_id = store.add_step(self._conversation_id, self.name,
-                                 Step("assistant", "tool_call", call.text, turn=turn,
-                                      tool_name=call.name, tool_call_id=call.id, data=call.args))
+                                 _tool_call_step(call, turn))
         try:
             spec = self._tools.get(call.name) if self._tools else None
             if spec is None:
@@ -785,20 +784,15 @@ class Agent:
     def _record_runtime_tool(self, chunk: ToolCall | ToolResult, turn: int) -> None:
         """A call the runtime ran itself (a ``ToolCall`` subclass, e.g. an Antigravity harness's
         own tools), or its result: recorded as a step like ours, never run here."""
-        if isinstance(chunk, ToolCall):
-            step = Step("assistant", "tool_call", chunk.text, turn=turn, tool_name=chunk.name,
-                        tool_call_id=chunk.id, data=chunk.args)
-        else:
-            step = Step("tool", "tool_result", chunk.text, turn=turn, tool_name=chunk.name,
-                        tool_call_id=chunk.id, status="error" if chunk.is_error else "ok")
+        step = _tool_call_step(chunk, turn) if isinstance(chunk, ToolCall) else \
+            _tool_result_step(chunk, chunk, turn, "error" if chunk.is_error else "ok")
         self.store.add_step(self._conversation_id, self.name, step)
 
     def _answer_tool(self, call: ToolCall, result: ToolResult, status: str, turn: int,
                      response: ChatResponse, answered: list[tuple[ToolResult, str]]) -> None:
         response._append(result)
         self.store.add_step(self._conversation_id, self.name,
-                            Step("tool", "tool_result", result.text, turn=turn,
-                                 tool_name=call.name, tool_call_id=call.id, status=status))
+                            _tool_result_step(call, result, turn, status))
         answered.append((result, status))
 
     def _cut_off_tools(self, call: ToolCall, step_id: int, exc: BaseException, turn: int,
@@ -821,9 +815,7 @@ class Agent:
             why = "stopped" if stopped else "ended with an error"
             for skipped in later:
                 self.store.add_step(self._conversation_id, self.name,
-                                    Step("assistant", "tool_call", skipped.text, turn=turn,
-                                         tool_name=skipped.name, tool_call_id=skipped.id,
-                                         data=skipped.args, status="interrupted"))
+                                    _tool_call_step(skipped, turn, "interrupted"))
                 self._answer_tool(skipped, ToolResult(
                     skipped.name, f"not run: the turn {why} before this tool call",
                     id=skipped.id, is_error=True), "interrupted", turn, response, answered)
@@ -1024,6 +1016,18 @@ def _break_paragraph(response: ChatResponse, text: str) -> None:
         if brk is not None:
             texts.append(brk.text)
             response._items.append(brk)
+
+
+def _tool_call_step(call: ToolCall, turn: int, status: str = "ok") -> Step:
+    return Step("assistant", "tool_call", call.text, turn=turn, tool_name=call.name,
+                tool_call_id=call.id, data=call.args, status=status)
+
+
+def _tool_result_step(call: ToolCall | ToolResult, result: ToolResult, turn: int,
+                      status: str) -> Step:
+    """``result``'s step, named after the ``call`` it answers."""
+    return Step("tool", "tool_result", result.text, turn=turn, tool_name=call.name,
+                tool_call_id=call.id, status=status)
 
 
 class _ReplyRecorder:
