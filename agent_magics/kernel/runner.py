@@ -104,7 +104,8 @@ class TurnRunner:
             # starting may run session hooks here (the main thread), so that wait serves them;
             # the launch waits plainly: the turn's own main-thread work (tools, approvals) is
             # served by this runner's wait, sync or async, in the context it needs
-            run_sync(self.agent.start())
+            if not self.agent.is_started:
+                run_sync(self.agent.start())
             self.response, self.task = run_sync(
                 self.agent._launch(self.content, schema=self.schema), serve=False)
         except BaseException:
